@@ -1,0 +1,176 @@
+"""Plugin manager: bundled plugins, entry points and tree-file plugins -> worker catalog."""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+import types
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import attrs
+import pluggy
+
+from orchestrator import hookspecs
+
+# Plugins shipped with orch, registered before anything else.
+BUILTIN_PLUGINS = ("orch_plugins.demo", "orch_plugins.basic")
+ENTRY_POINT_GROUP = "orch"
+# Comma-separated plugin names to block (as `orch plugins` lists them).
+ENV_BLOCK = "ORCH_DISABLE_PLUGINS"
+# Set to 1 to skip installed entry-point plugins (our own tests do).
+ENV_NO_AUTOLOAD = "ORCH_DISABLE_PLUGIN_AUTOLOAD"
+
+
+@attrs.frozen
+class WorkerEntry:
+    name: str
+    function: hookspecs.WorkerFn
+    plugin: str
+
+
+@attrs.frozen
+class Catalog:
+    workers: Mapping[str, WorkerEntry]
+    plugins: Tuple[Tuple[str, Tuple[str, ...]], ...]  # (plugin name, its worker names)
+
+
+class PluginError(Exception):
+    """Plugins that could not be loaded; each problem names the tree-file ref if any."""
+
+    def __init__(self, problems: Sequence[Tuple[Optional[str], str]]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(message for _, message in self.problems))
+
+
+def load_catalog(tree_plugins: Sequence[str] = ()) -> Catalog:
+    """Load every plugin source and collect their workers, or raise PluginError."""
+    manager = pluggy.PluginManager(hookspecs.PROJECT)
+    manager.add_hookspecs(hookspecs)
+    for name in _blocked():
+        manager.set_blocked(name)
+    problems: List[Tuple[Optional[str], str]] = []
+    for module_name in BUILTIN_PLUGINS:
+        _register(manager, importlib.import_module(module_name), module_name, problems)
+    if os.environ.get(ENV_NO_AUTOLOAD) != "1":
+        _load_entry_points(manager, problems)
+    for ref in tree_plugins:
+        _load_tree_plugin(manager, ref, problems)
+    _check_hook_names(manager, problems)
+    workers = _collect_workers(manager, problems)
+    if problems:
+        raise PluginError(problems)
+    return Catalog(workers=workers, plugins=_listing(manager, workers))
+
+
+def _blocked() -> List[str]:
+    return [name.strip() for name in os.environ.get(ENV_BLOCK, "").split(",") if name.strip()]
+
+
+def _register(manager, plugin, name, problems, ref=None) -> None:
+    if manager.is_blocked(name):
+        return
+    try:
+        manager.register(plugin, name=name)
+    except (ValueError, pluggy.PluginValidationError) as error:
+        problems.append((ref, f"plugin {name!r} is invalid: {error}"))
+
+
+def _load_entry_points(manager, problems) -> None:
+    # pluggy's own loader stops at the first broken package; load one by one so
+    # a broken third-party plugin is reported by name next to everything else.
+    from importlib import metadata
+
+    for dist in metadata.distributions():
+        for entry in dist.entry_points:
+            if entry.group != ENTRY_POINT_GROUP or manager.is_blocked(entry.name):
+                continue
+            try:
+                plugin = entry.load()
+            except Exception as error:  # any import-time failure of foreign code
+                problems.append((None, f"entry point {entry.name!r} of package "
+                                       f"{dist.metadata['name']!r} failed to load: {error!r}"))
+                continue
+            _register(manager, plugin, entry.name, problems)
+
+
+def _load_tree_plugin(manager, ref: str, problems) -> None:
+    try:
+        module = _import_path(ref) if ref.endswith(".py") else importlib.import_module(ref)
+    except Exception as error:  # plugin code may raise anything at import
+        problems.append((ref, f"cannot load plugin {ref!r}: {type(error).__name__}: {error}"))
+        return
+    _register(manager, module, ref, problems, ref=ref)
+
+
+def _import_path(path: str) -> types.ModuleType:
+    """Import a plugin file once per process under a stable, path-derived name."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    name = f"orch_tree_plugin_{stem}_{abs(hash(path)) & 0xFFFFFFFF:08x}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"not a Python file: {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def _check_hook_names(manager, problems) -> None:
+    # A misspelt hook (`orch_worker`) would otherwise be ignored in silence.
+    try:
+        manager.check_pending()
+    except pluggy.PluginValidationError as error:
+        problems.append((None, f"plugin {error.plugin_name!r}: {error}"))
+
+
+def _collect_workers(manager, problems) -> Dict[str, WorkerEntry]:
+    # Call each implementation on its own so every worker is attributed to its
+    # plugin and a duplicate can name both plugins.
+    workers: Dict[str, WorkerEntry] = {}
+    for impl in reversed(manager.hook.orch_workers.get_hookimpls()):
+        name = manager.get_name(impl.plugin)
+        for entry in _plugin_workers(impl, name, problems):
+            if entry.name in workers:
+                problems.append((None, f"worker {entry.name!r} is provided by two plugins: "
+                                       f"{workers[entry.name].plugin!r} and {name!r}; "
+                                       "block one with ORCH_DISABLE_PLUGINS"))
+                continue
+            workers[entry.name] = entry
+    return workers
+
+
+def _plugin_workers(impl, plugin_name: str, problems) -> List[WorkerEntry]:
+    try:
+        result = impl.function()
+    except Exception as error:
+        problems.append((None, f"plugin {plugin_name!r}: orch_workers() raised "
+                               f"{type(error).__name__}: {error}"))
+        return []
+    if not isinstance(result, dict):
+        problems.append((None, f"plugin {plugin_name!r}: orch_workers() must return a dict "
+                               f"of name -> callable, got {type(result).__name__}"))
+        return []
+    entries = []
+    for name, function in result.items():
+        if not isinstance(name, str) or not callable(function):
+            problems.append((None, f"plugin {plugin_name!r}: orch_workers() entry {name!r} "
+                                   "must map a string name to a callable"))
+            continue
+        entries.append(WorkerEntry(name=name, function=function, plugin=plugin_name))
+    return entries
+
+
+def _listing(manager, workers: Mapping[str, WorkerEntry]) -> Tuple[Tuple[str, Tuple[str, ...]], ...]:
+    rows = []
+    for name, plugin in manager.list_name_plugin():
+        if plugin is None:
+            continue
+        rows.append((name, tuple(sorted(w.name for w in workers.values() if w.plugin == name))))
+    return tuple(rows)

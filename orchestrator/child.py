@@ -1,0 +1,69 @@
+"""Child side of a node process: redo process setup first, then run a worker or supervisor."""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from multiprocessing.connection import Connection
+from typing import NoReturn
+
+from orchestrator import osproc
+from orchestrator.spec import NodeSpec, StartMethod, TreeContext
+
+# Reserved exit code: the worker could not even be looked up in this process, so
+# restarting it cannot help; its supervisor gives up at once (gunicorn's idea).
+EXIT_BOOT_FAILED = 78
+
+
+def _common_setup(tree: TreeContext, node: NodeSpec, parent_pid: int, keep_fds) -> None:
+    # Under fork we inherit the parent's handlers and wakeup fd; a signal arriving
+    # now must not wake the parent's loop. Signals stay blocked until this is done.
+    signal.set_wakeup_fd(-1)
+    for signum in osproc.HANDLED_SIGNALS:
+        signal.signal(signum, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    osproc.die_with_parent(parent_pid)
+    # Own process group: the terminal's Ctrl-C reaches only the root, which stops
+    # the tree in order; and a worker's helpers can be signalled with the worker.
+    os.setpgid(0, 0)
+    if tree.start_method is StartMethod.FORK:
+        osproc.close_fds_except(keep_fds)
+    osproc.set_process_name(f"orch {node.name}")
+
+
+def worker_main(tree: TreeContext, node: NodeSpec, output: Connection, parent_pid: int) -> None:
+    """Target of a worker process: returns, raises or exits as the worker does."""
+    _common_setup(tree, node, parent_pid, keep_fds=[output.fileno()])
+    fd = output.fileno()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    output.close()
+    sys.stdout.reconfigure(line_buffering=True)
+    osproc.unblock_handled_signals()
+    function = _resolve(tree, node)
+    function(**node.args)
+
+
+def _resolve(tree: TreeContext, node: NodeSpec):
+    from orchestrator.catalog import PluginError, load_catalog
+
+    try:
+        entry = load_catalog(tree.plugins).workers.get(node.worker)
+    except PluginError as error:
+        _boot_failed(f"plugins failed to load in the worker process: {error}")
+    if entry is None:
+        _boot_failed(f"worker {node.worker!r} is not provided by any plugin in this process")
+    return entry.function
+
+
+def _boot_failed(message: str) -> NoReturn:
+    print(f"orch: cannot boot: {message}", file=sys.stderr, flush=True)
+    sys.exit(EXIT_BOOT_FAILED)
+
+
+def supervisor_main(tree: TreeContext, node: NodeSpec, uplink: Connection, parent_pid: int) -> None:
+    """Target of a supervisor process: run its loop until stopped or it gives up."""
+    _common_setup(tree, node, parent_pid, keep_fds=[uplink.fileno()])
+    from orchestrator.supervisor import run_child_supervisor
+
+    sys.exit(run_child_supervisor(tree, node, uplink))

@@ -1,0 +1,222 @@
+"""`orch` command line: argument parsing and presenting results; the work lives elsewhere."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from typing import List, Optional
+
+from orchestrator import __version__
+from orchestrator.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, InvalidInput, RuntimeFailure
+
+
+class UsageError(Exception):
+    """Bad command-line use that argparse cannot see (exit 2)."""
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except InvalidInput as error:
+        for problem in error.problems:
+            print(problem, file=sys.stderr)
+        count = len(error.problems)
+        print(f"orch: {count} problem{'s' if count != 1 else ''} found; nothing was started",
+              file=sys.stderr)
+        return EXIT_USAGE
+    except UsageError as error:
+        print(f"orch: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except RuntimeFailure as error:
+        print(f"orch: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print("orch: interrupted", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="orch", description="Run a tree of supervised Python "
+                                     "processes described by a TOML file.")
+    parser.add_argument("--version", action="version", version=f"orch {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = commands.add_parser("up", help="start a tree (foreground unless --detach)")
+    up.add_argument("file", help="tree file, e.g. trees/demo.toml")
+    up.add_argument("--detach", "-d", action="store_true",
+                    help="run in the background; return once every node runs, print the root pid")
+    up.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    up.set_defaults(func=cmd_up)
+
+    tree = commands.add_parser("tree", help="show the live tree: pids, ppids, states, restarts")
+    tree.add_argument("name", nargs="?", help="tree name (default: every running tree)")
+    tree.add_argument("--json", action="store_true", help="machine-readable list of nodes")
+    tree.set_defaults(func=cmd_tree)
+
+    down = commands.add_parser("down", help="stop a tree; returns when every process is gone")
+    down.add_argument("name", nargs="?", help="tree name (default: the only running tree)")
+    down.set_defaults(func=cmd_down)
+
+    validate = commands.add_parser("validate", help="check a tree file and report every problem")
+    validate.add_argument("file")
+    validate.set_defaults(func=cmd_validate)
+
+    plugins = commands.add_parser("plugins", help="list loaded plugins and the workers each provides")
+    plugins.add_argument("--tree", metavar="FILE", help="also load the plugins this tree file names")
+    plugins.add_argument("--json", action="store_true")
+    plugins.set_defaults(func=cmd_plugins)
+    return parser
+
+
+# ----- up -------------------------------------------------------------------
+
+
+def cmd_up(args) -> int:
+    from orchestrator.validate import load_tree
+
+    tree = load_tree(args.file)
+    if args.detach:
+        return _up_detached(args.file, tree.name)
+    from orchestrator.root import Root, notify
+
+    try:
+        return Root(tree, ready_fd=args.ready_fd).run()
+    except RuntimeFailure as error:
+        notify(args.ready_fd, f"failed {error}")
+        raise
+
+
+def _up_detached(file: str, name: str) -> int:
+    from orchestrator.control import RunDir
+
+    run_dir = RunDir(name)
+    run_dir.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    read_fd, write_fd = os.pipe()
+    with open(run_dir.log_path, "ab") as log:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator", "up", os.path.abspath(file), "--ready-fd", str(write_fd)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            pass_fds=(write_fd,), start_new_session=True,
+        )
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as ready:
+        line = ready.readline().decode(errors="replace").strip()
+    status, _, detail = line.partition(" ")
+    if status == "ready":
+        print(detail)
+        print(f"orch: tree {name!r} is up (root pid {detail}); its output goes to {run_dir.log_path}",
+              file=sys.stderr)
+        return EXIT_OK
+    child.wait()
+    reason = detail or f"the root exited with code {child.returncode}; see {run_dir.log_path}"
+    raise RuntimeFailure(f"tree {name!r} did not come up: {reason}")
+
+
+# ----- tree / down ------------------------------------------------------------
+
+
+def cmd_tree(args) -> int:
+    from orchestrator import control, view
+
+    names = [args.name] if args.name else control.running_trees()
+    if not names:
+        raise RuntimeFailure("no tree is running")
+    replies = [_ask(name, {"cmd": "tree"}) for name in names]
+    if args.json:
+        nodes = [dict(node, tree=reply["tree"]) for reply in replies for node in reply["nodes"]]
+        print(json.dumps(nodes, indent=2))
+        return EXIT_OK
+    blocks = [f"tree {reply['tree']} ({reply['file']})\n" + view.render_text(reply["tree"], reply["nodes"])
+              for reply in replies]
+    print("\n\n".join(blocks))
+    return EXIT_OK
+
+
+def cmd_down(args) -> int:
+    import psutil
+
+    name = _one_tree(args.name)
+    reply = _ask(name, {"cmd": "down"})
+    procs = []
+    for pid in reply["pids"]:
+        try:
+            procs.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            pass
+    budget = reply["stop_budget"] + 5.0
+    _, alive = psutil.wait_procs(procs, timeout=budget)
+    if alive:
+        pids = ", ".join(str(proc.pid) for proc in alive)
+        raise RuntimeFailure(f"tree {name!r}: processes still alive after {budget:g}s: {pids}")
+    print(f"orch: tree {name!r} stopped; {len(reply['pids'])} processes gone", file=sys.stderr)
+    return EXIT_OK
+
+
+def _one_tree(name: Optional[str]) -> str:
+    from orchestrator import control
+
+    if name:
+        return name
+    names = control.running_trees()
+    if not names:
+        raise RuntimeFailure("no tree is running")
+    if len(names) > 1:
+        raise UsageError(f"several trees are running ({', '.join(names)}); name one, e.g. "
+                         f"`orch down {names[0]}`")
+    return names[0]
+
+
+def _ask(name: str, command: dict) -> dict:
+    from orchestrator import control
+
+    reply = control.request(name, command)
+    if not reply.get("ok"):
+        raise RuntimeFailure(f"tree {name!r}: {reply.get('error', 'request failed')}")
+    return reply
+
+
+# ----- validate / plugins -------------------------------------------------------
+
+
+def cmd_validate(args) -> int:
+    from orchestrator.validate import load_tree
+
+    tree = load_tree(args.file)
+    nodes = list(tree.nodes())
+    supervisors = sum(1 for node in nodes if node.is_supervisor)
+    print(f"{args.file}: OK: tree {tree.name!r}, {supervisors} supervisors, "
+          f"{len(nodes) - supervisors} workers, start method {tree.start_method.value}")
+    return EXIT_OK
+
+
+def cmd_plugins(args) -> int:
+    from orchestrator.catalog import PluginError, load_catalog
+
+    plugin_refs = ()
+    if args.tree:
+        from orchestrator.validate import load_tree
+
+        plugin_refs = load_tree(args.tree).plugins
+    try:
+        catalog = load_catalog(plugin_refs)
+    except PluginError as error:
+        raise RuntimeFailure("plugins failed to load:\n  " + "\n  ".join(
+            message for _, message in error.problems)) from None
+    if args.json:
+        print(json.dumps([{"plugin": name, "workers": list(workers)} for name, workers in catalog.plugins],
+                         indent=2))
+        return EXIT_OK
+    for name, workers in catalog.plugins:
+        print(name)
+        for worker in workers:
+            print(f"  {worker:<24} {_summary(catalog.workers[worker].function)}")
+    return EXIT_OK
+
+
+def _summary(function) -> str:
+    doc = (getattr(function, "__doc__", None) or "").strip()
+    return doc.splitlines()[0] if doc else ""

@@ -1,0 +1,29 @@
+"""Pure restart intensity: a sliding window of restart times (OTP intensity/period)."""
+from __future__ import annotations
+
+import collections
+from typing import Deque
+
+from orchestrator.spec import Intensity
+
+
+class RestartWindow:
+    """Allows at most `max_restarts` restarts within any `within` seconds.
+
+    Times come from the caller (monotonic seconds) so tests drive it with a fake clock.
+    """
+
+    def __init__(self, intensity: Intensity) -> None:
+        self.intensity = intensity
+        self._times: Deque[float] = collections.deque()
+
+    def allow(self, now: float) -> bool:
+        """Record a restart at `now`; False when it exceeds the intensity (give up)."""
+        horizon = now - self.intensity.within
+        while self._times and self._times[0] <= horizon:
+            self._times.popleft()
+        self._times.append(now)
+        return len(self._times) <= self.intensity.max_restarts
+
+    def recent(self) -> int:
+        return len(self._times)

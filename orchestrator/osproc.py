@@ -1,0 +1,108 @@
+"""Linux process primitives (prctl, pidfd, fd hygiene) that degrade to no-ops elsewhere."""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import signal
+from typing import Iterable, Iterator, Optional
+
+_PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15
+_PR_SET_CHILD_SUBREAPER = 36
+
+# Signals the loop handles; blocked around fork so a child never runs the
+# parent's handler (which would wake the parent's loop with the child's signal).
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def _libc() -> Optional[ctypes.CDLL]:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    except OSError:
+        return None
+
+
+_LIBC = _libc()
+
+
+def _prctl(option: int, value) -> bool:
+    prctl = getattr(_LIBC, "prctl", None)
+    if prctl is None:
+        return False
+    return prctl(option, value, 0, 0, 0) == 0
+
+
+def die_with_parent(expected_parent: int, signum: int = signal.SIGKILL) -> None:
+    """Ask the kernel to send `signum` when our parent dies; exit if it already has.
+
+    Called in the child: the parent may have died between fork and this call, in
+    which case we were reparented and the signal will never come.
+    """
+    _prctl(_PR_SET_PDEATHSIG, int(signum))
+    if os.getppid() != expected_parent:
+        os._exit(1)
+
+
+def become_subreaper() -> bool:
+    """Make orphaned descendants reparent to us instead of to pid 1."""
+    return _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+
+
+def set_process_name(name: str) -> None:
+    """Set the kernel's short name (shown by `ps -o comm`, `top`); 15 bytes at most."""
+    _prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]))
+
+
+def open_exit_fd(pid: int, fallback_sentinel: int) -> tuple[int, bool]:
+    """An fd that becomes readable when `pid` exits, and whether we own it.
+
+    A pidfd is exact. multiprocessing's sentinel pipe is only a fallback: under
+    fork every grandchild inherits its write end, so a SIGKILLed supervisor would
+    look alive until its whole subtree exits.
+    """
+    try:
+        return os.pidfd_open(pid), True
+    except (AttributeError, OSError):
+        return fallback_sentinel, False
+
+
+def close_fds_except(keep: Iterable[int]) -> None:
+    """Close every fd above stderr except `keep` (fork children inherit them all)."""
+    start = 3
+    for fd in sorted(set(keep)) + [_max_fd()]:
+        if fd >= start:
+            os.closerange(start, fd)
+            start = fd + 1
+
+
+def _max_fd() -> int:
+    try:
+        return max(int(name) for name in os.listdir("/proc/self/fd")) + 1
+    except (OSError, ValueError):
+        return os.sysconf("SC_OPEN_MAX")
+
+
+@contextlib.contextmanager
+def signals_blocked() -> Iterator[None]:
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def unblock_handled_signals() -> None:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+
+
+def send(pid: int, signum: int, group: bool = False) -> None:
+    """Signal a process (or its process group); a process already gone is fine."""
+    try:
+        if group:
+            os.killpg(pid, signum)
+        else:
+            os.kill(pid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -1,0 +1,94 @@
+"""Parent side of a node process: start it with multiprocessing, watch it, reap it."""
+from __future__ import annotations
+
+import os
+import time
+from multiprocessing.connection import Connection
+from typing import Optional
+
+import attrs
+
+from orchestrator import child, osproc
+from orchestrator.spec import NodeSpec, TreeContext
+
+
+@attrs.define(eq=False)
+class Running:
+    """A started node process and the parent-side fds that belong to it."""
+
+    process: object  # multiprocessing.process.BaseProcess
+    pid: int
+    exit_fd: int  # readable once the process has exited
+    owns_exit_fd: bool
+    output_fd: Optional[int]  # read end of a worker's stdout/stderr pipe
+    uplink: Optional[Connection]  # a supervisor child's event channel
+    started_at: float = attrs.field(factory=time.time)
+
+
+def start_node(mp_context, tree: TreeContext, node: NodeSpec) -> Running:
+    """Start `node` as a child of this process. Raises OSError if it cannot be forked."""
+    if node.is_supervisor:
+        ours, theirs = mp_context.Pipe(duplex=True)
+        target, output_fd = child.supervisor_main, None
+    else:
+        output_fd, write_fd = os.pipe()
+        ours, theirs = None, Connection(write_fd, readable=False)
+        target = child.worker_main
+    process = mp_context.Process(
+        target=target, args=(tree, node, theirs, os.getpid()), name=f"orch:{tree.name}/{node.path}"
+    )
+    try:
+        with osproc.signals_blocked():
+            process.start()
+    except BaseException:
+        _close_quietly(ours, theirs, output_fd)
+        raise
+    theirs.close()
+    exit_fd, owns = osproc.open_exit_fd(process.pid, process.sentinel)
+    if output_fd is not None:
+        os.set_blocking(output_fd, False)
+    return Running(process, process.pid, exit_fd, owns, output_fd, ours)
+
+
+def reap(running: Running) -> int:
+    """Collect the exit status of an exited process and release its fds.
+
+    Returns multiprocessing's exit code: negative for death by signal.
+    """
+    running.process.join()
+    code = running.process.exitcode
+    if running.owns_exit_fd:
+        os.close(running.exit_fd)
+    if running.uplink is not None:
+        running.uplink.close()
+    running.process.close()
+    return code if code is not None else -9
+
+
+def _close_quietly(*things) -> None:
+    for thing in things:
+        if thing is None:
+            continue
+        try:
+            thing.close() if hasattr(thing, "close") else os.close(thing)
+        except OSError:
+            pass
+
+
+def release_helpers() -> None:
+    """Stop and reap the resource tracker multiprocessing starts for spawn children.
+
+    It is our child; left alone it would outlive us for a moment as an orphan.
+    """
+    from multiprocessing import resource_tracker
+
+    tracker = getattr(resource_tracker, "_resource_tracker", None)
+    fd, pid = getattr(tracker, "_fd", None), getattr(tracker, "_pid", None)
+    if fd is None or pid is None:
+        return
+    try:
+        os.close(fd)  # EOF tells the tracker to exit
+        os.waitpid(pid, 0)
+    except OSError:
+        pass
+    tracker._fd = tracker._pid = None

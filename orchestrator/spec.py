@@ -1,0 +1,124 @@
+"""Frozen values describing a validated tree file; built only by `validate.py`."""
+from __future__ import annotations
+
+import enum
+from typing import Any, Iterator, Mapping, Optional, Tuple
+
+import attrs
+
+
+class StartMethod(enum.Enum):
+    FORK = "fork"
+    SPAWN = "spawn"
+
+
+class Strategy(enum.Enum):
+    ONE_FOR_ONE = "one_for_one"
+    ONE_FOR_ALL = "one_for_all"
+    REST_FOR_ONE = "rest_for_one"
+
+
+class Restart(enum.Enum):
+    """OTP restart types; the values are the words users write in the tree file."""
+
+    PERMANENT = "always"
+    TRANSIENT = "on-failure"
+    TEMPORARY = "never"
+
+
+@attrs.frozen
+class Intensity:
+    """At most `max_restarts` restarts within `within` seconds (OTP intensity/period)."""
+
+    max_restarts: int
+    within: float
+
+
+# Defaults live here, next to the values they fill, so docs and code cannot drift.
+DEFAULT_RESTART = Restart.TRANSIENT
+DEFAULT_STRATEGY = Strategy.ONE_FOR_ONE
+DEFAULT_INTENSITY = Intensity(max_restarts=3, within=5.0)
+DEFAULT_STOP_TIMEOUT = 5.0
+DEFAULT_START_METHOD = StartMethod.FORK
+# Slack a supervisor gets on top of its children's stop budgets to unwind itself.
+SUPERVISOR_STOP_SLACK = 1.0
+
+
+@attrs.frozen
+class NodeSpec:
+    """One node: a worker (leaf, `worker` set) or a supervisor (`children` non-empty).
+
+    `path` is the `/`-joined names below the root; the root's path is "".
+    `args` is compared by value; nodes are never hashed, so a dict is fine here.
+    """
+
+    name: str
+    path: str
+    worker: Optional[str] = None
+    args: Mapping[str, Any] = attrs.field(factory=dict)
+    children: Tuple["NodeSpec", ...] = ()
+    restart: Restart = DEFAULT_RESTART
+    daemon: bool = False
+    stop_timeout: Optional[float] = None
+    strategy: Strategy = DEFAULT_STRATEGY
+    intensity: Intensity = DEFAULT_INTENSITY
+
+    @property
+    def is_supervisor(self) -> bool:
+        return self.worker is None
+
+    @property
+    def kind(self) -> str:
+        return "supervisor" if self.is_supervisor else "worker"
+
+    def stop_budget(self) -> float:
+        """Seconds this node may take to stop before it is SIGKILLed.
+
+        A supervisor stops its children one by one in reverse order, so its budget
+        covers the sum of theirs (OTP gives supervisors `infinity` for the same
+        reason): a flat timeout would kill it mid-way and orphan its grandchildren.
+        """
+        own = self.stop_timeout if self.stop_timeout is not None else 0.0
+        if not self.is_supervisor:
+            return self.stop_timeout if self.stop_timeout is not None else DEFAULT_STOP_TIMEOUT
+        subtree = sum(child.stop_budget() for child in self.children) + SUPERVISOR_STOP_SLACK
+        return max(own, subtree)
+
+    def walk(self) -> Iterator["NodeSpec"]:
+        """This node and its descendants, depth first in spec order."""
+        yield self
+        for child in self.children:
+            yield from child.walk()
+
+
+@attrs.frozen
+class TreeSpec:
+    """A whole validated tree file. `root` is the root supervisor (path "")."""
+
+    name: str
+    file: str
+    start_method: StartMethod
+    plugins: Tuple[str, ...]
+    root: NodeSpec
+
+    def nodes(self) -> Iterator[NodeSpec]:
+        return self.root.walk()
+
+    def find(self, path: str) -> Optional[NodeSpec]:
+        for node in self.nodes():
+            if node.path == path:
+                return node
+        return None
+
+
+@attrs.frozen
+class TreeContext:
+    """What every process of a running tree needs besides its own subtree."""
+
+    name: str
+    start_method: StartMethod
+    plugins: Tuple[str, ...]
+
+    @classmethod
+    def of(cls, tree: TreeSpec) -> "TreeContext":
+        return cls(name=tree.name, start_method=tree.start_method, plugins=tree.plugins)

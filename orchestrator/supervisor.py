@@ -1,0 +1,304 @@
+"""The per-supervisor event loop: start children, notice exits, restart by strategy, stop."""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import time
+from multiprocessing.connection import Connection
+from typing import List, Optional, Tuple
+
+import attrs
+
+from orchestrator import osproc, spawn, strategy
+from orchestrator.child import EXIT_BOOT_FAILED
+from orchestrator.intensity import RestartWindow
+from orchestrator.loop import Loop, Timer
+from orchestrator.output import OutputRelay, log
+from orchestrator.spec import NodeSpec, Restart, TreeContext
+from orchestrator.stop import StopSequence
+from orchestrator.uplink import PipeUplink, Uplink
+
+# A fork that fails (EAGAIN, ENOMEM) is retried from a timer with backoff, so a
+# stop request still gets through while the machine is short of processes.
+START_RETRY_FIRST = 0.1
+START_RETRY_MAX = 5.0
+
+SETTLED_STATES = ("stopped", "failed")
+
+
+@attrs.define(eq=False)
+class Slot:
+    """A child of this supervisor and what we know about its current process."""
+
+    spec: NodeSpec
+    running: Optional[spawn.Running] = None
+    state: str = "stopped"
+    restarts: int = 0
+    stop_requested: bool = False  # we signalled it, so its exit is not a failure
+    ready: bool = False  # a supervisor child has reported its subtree up
+    retry: Optional[Timer] = None
+    start_failures: int = 0
+    report: Optional[str] = None  # why a supervisor child last gave up
+
+    @property
+    def settled(self) -> bool:
+        if self.running is None:
+            return self.state in SETTLED_STATES
+        return self.ready or not self.spec.is_supervisor
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+class Supervisor:
+    """Supervises the children of one node; all effects happen in `loop` callbacks."""
+
+    def __init__(self, tree: TreeContext, node: NodeSpec, uplink: Uplink, loop: Loop) -> None:
+        self.tree = tree
+        self.node = node
+        self.uplink = uplink
+        self.loop = loop
+        self.slots: List[Slot] = [Slot(spec) for spec in node.children]
+        self.window = RestartWindow(node.intensity)
+        self.mp = multiprocessing.get_context(tree.start_method.value)
+        self.stopping = False
+        self.exit_code = 0
+        self.gave_up: Optional[str] = None
+        self._sequence: Optional[StopSequence] = None  # restart round or shutdown
+        self._pending: List[Tuple[Slot, int]] = []  # failures seen during a round
+        self._ready_sent = False
+
+    # ----- lifecycle -------------------------------------------------------
+
+    def run(self) -> int:
+        for signum in osproc.HANDLED_SIGNALS:
+            self.loop.on_signal(signum, self.shutdown)
+        osproc.unblock_handled_signals()
+        self.uplink.attach(self)
+        for slot in self.slots:
+            self._start(slot)
+        self._check_ready()
+        self.loop.run()
+        return self.exit_code
+
+    def shutdown(self, exit_code: int = 0) -> None:
+        """Stop every child in reverse spec order, then leave the loop.
+
+        A second request while stopping SIGKILLs what is left (a second Ctrl-C).
+        """
+        if self.stopping:
+            if self._sequence is not None:
+                log(f"{self._label()}: second stop request; killing the remaining processes")
+                self._sequence.force()
+            return
+        self.stopping = True
+        self.exit_code = exit_code
+        self._pending.clear()
+        for slot in self.slots:
+            self._cancel_retry(slot)
+        if self._sequence is not None:
+            self._sequence.cancel()
+        self._run_sequence(list(reversed(self.slots)), self._finish)
+
+    def _finish(self) -> None:
+        self._sequence = None
+        self.loop.stop()
+
+    # ----- starting --------------------------------------------------------
+
+    def _start(self, slot: Slot) -> None:
+        slot.retry = None
+        try:
+            running = spawn.start_node(self.mp, self.tree, slot.spec)
+        except OSError as error:
+            self._retry_start(slot, error)
+            return
+        slot.start_failures = 0
+        slot.running = running
+        slot.ready = False
+        slot.state = "starting" if slot.spec.is_supervisor else "running"
+        self.loop.add_reader(running.exit_fd, lambda: self._on_exit(slot))
+        if running.output_fd is not None:
+            relay = OutputRelay(running.output_fd, slot.spec.path, self._close_relay)
+            self.loop.add_reader(running.output_fd, relay.on_readable)
+        if running.uplink is not None:
+            self.loop.add_reader(running.uplink.fileno(), lambda: self._on_child_message(slot))
+        self._emit(slot)
+
+    def _retry_start(self, slot: Slot, error: OSError) -> None:
+        slot.start_failures += 1
+        delay = min(START_RETRY_FIRST * 2 ** (slot.start_failures - 1), START_RETRY_MAX)
+        log(f"{slot.spec.path}: cannot start process ({error}); retrying in {delay:g}s")
+        slot.state = "backoff"
+        slot.retry = self.loop.call_later(delay, lambda: self._start(slot))
+        self._emit(slot)
+
+    def _cancel_retry(self, slot: Slot) -> None:
+        if slot.retry is not None:
+            slot.retry.cancel()
+            slot.retry = None
+            slot.state = "stopped"
+            self._emit(slot)
+
+    def _close_relay(self, relay: OutputRelay) -> None:
+        self.loop.remove_reader(relay.fd)
+        os.close(relay.fd)
+
+    # ----- exits -----------------------------------------------------------
+
+    def _on_exit(self, slot: Slot) -> None:
+        running = slot.running
+        if running is None:
+            return
+        if running.uplink is not None:
+            self._drain_messages(slot)
+            self.loop.remove_reader(running.uplink.fileno())
+        self.loop.remove_reader(running.exit_fd)
+        code = spawn.reap(running)
+        if not slot.spec.is_supervisor:
+            # Helpers the worker forked share its process group: none outlives it.
+            osproc.send(running.pid, signal.SIGKILL, group=True)
+        slot.running = None
+        slot.ready = False
+        expected, slot.stop_requested = slot.stop_requested, False
+        if self._sequence is not None:
+            self._sequence.exited(slot)
+        if expected or self.stopping:
+            if slot.state != "restarting":
+                slot.state = "stopped"
+            self._emit(slot)
+            return
+        self._on_failure(slot, code)
+
+    def _on_failure(self, slot: Slot, code: int) -> None:
+        log(f"{slot.spec.path} {describe_exit(code)}")
+        if self._sequence is not None:
+            slot.state = "failed"
+            self._emit(slot)
+            self._pending.append((slot, code))
+            return
+        if code == EXIT_BOOT_FAILED and not slot.spec.is_supervisor:
+            self._give_up(f"{slot.spec.path} could not boot (exit code {EXIT_BOOT_FAILED}); see its output")
+            return
+        if not strategy.should_restart(slot.spec.restart, code):
+            slot.state = "stopped" if code == 0 else "failed"
+            self._emit(slot)
+            self._check_ready()
+            return
+        if not self.window.allow(time.monotonic()):
+            self._give_up(self._intensity_reason(slot, code))
+            return
+        self._restart_round(slot)
+
+    def _intensity_reason(self, slot: Slot, code: int) -> str:
+        limit = self.node.intensity
+        reason = (f"{slot.spec.path} {describe_exit(code)}; more than {limit.max_restarts} "
+                  f"restarts within {limit.within:g}s")
+        if slot.report:
+            reason += f" (because: {slot.report})"
+        return reason
+
+    def _restart_round(self, failed: Slot) -> None:
+        names = [slot.spec.name for slot in self.slots]
+        stop_names, start_names = strategy.plan_restart(names, failed.spec.name, self.node.strategy)
+        by_name = {slot.spec.name: slot for slot in self.slots}
+        to_start = [by_name[name] for name in start_names
+                    if by_name[name] is failed or by_name[name].spec.restart is not Restart.TEMPORARY]
+        to_stop = [by_name[name] for name in stop_names if by_name[name].running is not None]
+        failed.state = "restarting"
+        self._emit(failed)
+        self._run_sequence(to_stop, lambda: self._finish_round(to_start))
+
+    def _finish_round(self, to_start: List[Slot]) -> None:
+        self._sequence = None
+        for slot in to_start:
+            if slot.running is None and slot.retry is None:
+                slot.restarts += 1
+                self._start(slot)
+        pending, self._pending = self._pending, []
+        for slot, code in pending:
+            if self._sequence is None and not self.stopping and slot.running is None:
+                self._on_failure(slot, code)
+            elif slot.running is None:
+                self._pending.append((slot, code))
+
+    def _run_sequence(self, slots: List[Slot], on_done) -> None:
+        self._sequence = StopSequence(self.loop, slots, on_done)
+        self._sequence.begin()
+
+    def _give_up(self, reason: str) -> None:
+        log(f"{self._label()}: giving up: {reason}")
+        self.gave_up = reason
+        self.uplink.gave_up(self.node.path, reason)
+        self.shutdown(exit_code=1)
+
+    # ----- messages from supervisor children -------------------------------
+
+    def _on_child_message(self, slot: Slot) -> None:
+        running = slot.running
+        try:
+            message = running.uplink.recv()
+        except (EOFError, OSError):
+            self.loop.remove_reader(running.uplink.fileno())
+            return
+        self._handle_message(slot, message)
+
+    def _drain_messages(self, slot: Slot) -> None:
+        conn: Connection = slot.running.uplink
+        try:
+            while conn.poll(0):
+                self._handle_message(slot, conn.recv())
+        except (EOFError, OSError):
+            pass
+
+    def _handle_message(self, slot: Slot, message: tuple) -> None:
+        kind, path = message[0], message[1]
+        if path == slot.spec.path:
+            if kind == "ready":
+                slot.ready = True
+                slot.state = "running"
+                self._emit(slot)
+                self._check_ready()
+                return
+            if kind == "gave_up":
+                slot.report = message[2]
+        self.uplink.forward(message)
+
+    # ----- reporting -------------------------------------------------------
+
+    def _emit(self, slot: Slot) -> None:
+        running = slot.running
+        self.uplink.node_event(
+            slot.spec.path,
+            running.pid if running else None,
+            slot.state,
+            slot.restarts,
+            running.started_at if running else None,
+        )
+
+    def _check_ready(self) -> None:
+        if self._ready_sent or self.stopping:
+            return
+        if all(slot.settled for slot in self.slots):
+            self._ready_sent = True
+            self.uplink.ready(self.node.path)
+
+    def _label(self) -> str:
+        return self.node.path or self.tree.name
+
+
+def run_child_supervisor(tree: TreeContext, node: NodeSpec, conn: Connection) -> int:
+    """Entry point inside a supervisor process below the root."""
+    loop = Loop()
+    supervisor = Supervisor(tree, node, PipeUplink(conn, loop), loop)
+    try:
+        return supervisor.run()
+    finally:
+        loop.close()

@@ -1,0 +1,60 @@
+"""How a supervisor reports to whoever is above it: its parent supervisor, or the root's table."""
+from __future__ import annotations
+
+from multiprocessing.connection import Connection
+from typing import Optional, Protocol
+
+from orchestrator.loop import Loop
+
+# Messages travel up as tuples, forwarded unchanged by every supervisor on the way:
+#   ("node", path, pid, state, restarts, started_at)   a child changed state
+#   ("ready", path)                                     a supervisor's subtree is up
+#   ("gave_up", path, reason)                           a supervisor exceeded its intensity
+
+
+class Uplink(Protocol):
+    def attach(self, supervisor) -> None: ...
+    def node_event(self, path: str, pid: Optional[int], state: str, restarts: int,
+                   started_at: Optional[float]) -> None: ...
+    def ready(self, path: str) -> None: ...
+    def gave_up(self, path: str, reason: str) -> None: ...
+    def forward(self, message: tuple) -> None: ...
+
+
+class PipeUplink:
+    """A supervisor below the root: sends to its parent over a multiprocessing pipe."""
+
+    def __init__(self, conn: Connection, loop: Loop) -> None:
+        self._conn = conn
+        self._loop = loop
+        self._supervisor = None
+
+    def attach(self, supervisor) -> None:
+        self._supervisor = supervisor
+        self._loop.add_reader(self._conn.fileno(), self._on_readable)
+
+    def _on_readable(self) -> None:
+        try:
+            self._conn.recv()
+        except (EOFError, OSError):
+            # The parent is gone (the parent-death signal usually beats this).
+            self._loop.remove_reader(self._conn.fileno())
+            self._supervisor.shutdown()
+
+    def node_event(self, path, pid, state, restarts, started_at) -> None:
+        self._send(("node", path, pid, state, restarts, started_at))
+
+    def ready(self, path: str) -> None:
+        self._send(("ready", path))
+
+    def gave_up(self, path: str, reason: str) -> None:
+        self._send(("gave_up", path, reason))
+
+    def forward(self, message: tuple) -> None:
+        self._send(message)
+
+    def _send(self, message: tuple) -> None:
+        try:
+            self._conn.send(message)
+        except OSError:
+            pass  # parent gone: nobody to tell; the parent-death signal ends us

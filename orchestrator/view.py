@@ -1,0 +1,100 @@
+"""Rows for `orch tree`: the spec joined with the root's table and the OS's truth; text and JSON."""
+from __future__ import annotations
+
+import time
+from typing import Dict, List, Mapping, Optional
+
+from orchestrator.livetree import LiveProcess
+from orchestrator.spec import TreeSpec
+
+
+def build_rows(tree: TreeSpec, table: Mapping[str, dict], live: Mapping[int, LiveProcess],
+               root_pid: int, root_state: str, root_started: float) -> List[dict]:
+    """One row per spec node in depth-first spec order, then processes no node claims.
+
+    pid/ppid come from the OS snapshot: a pid the root believes in but the OS does
+    not have is shown as missing, never as running.
+    """
+    now = time.time()
+    rows = []
+    for node in tree.nodes():
+        entry = table.get(node.path, {}) if node.path else {
+            "pid": root_pid, "state": root_state, "restarts": 0, "started_at": root_started}
+        pid = entry.get("pid")
+        proc = live.get(pid) if pid else None
+        state = entry.get("state", "stopped")
+        if pid and proc is None:
+            state, pid = "missing", None
+        started = entry.get("started_at")
+        rows.append({
+            "path": node.path, "name": node.name if node.path else tree.name, "kind": node.kind,
+            "parent": _parent(node.path), "pid": pid, "ppid": proc.ppid if proc else None,
+            "state": state, "restarts": entry.get("restarts", 0), "daemon": node.daemon,
+            "uptime": round(now - started, 3) if (pid and started) else None,
+        })
+    return rows + _helpers(rows, live, now)
+
+
+def _parent(path: str) -> Optional[str]:
+    if not path:
+        return None
+    return path.rpartition("/")[0]
+
+
+def _helpers(rows: List[dict], live: Mapping[int, LiveProcess], now: float) -> List[dict]:
+    """Descendants that are not nodes: multiprocessing helpers, processes a worker forked."""
+    path_of: Dict[int, str] = {row["pid"]: row["path"] for row in rows if row["pid"]}
+    helpers = []
+    for proc in sorted(live.values(), key=lambda p: p.pid):
+        if proc.pid in path_of:
+            continue
+        parent = path_of.get(proc.ppid)
+        path = f"{parent}/~{proc.pid}" if parent else f"~{proc.pid}"
+        path_of[proc.pid] = path
+        helpers.append({
+            "path": path, "name": proc.name or "?", "kind": "helper", "parent": parent,
+            "pid": proc.pid, "ppid": proc.ppid, "state": proc.status or "?", "restarts": 0,
+            "daemon": False, "uptime": round(now - proc.create_time, 3) if proc.create_time else None,
+        })
+    return helpers
+
+
+def render_text(tree_name: str, rows: List[dict]) -> str:
+    """A pstree-like view with aligned columns."""
+    children: Dict[Optional[str], List[dict]] = {}
+    for row in rows:
+        children.setdefault(row["parent"], []).append(row)
+    labels: List[tuple] = []
+
+    def walk(row: dict, prefix: str, tail: str) -> None:
+        labels.append((prefix + row["name"], row))
+        kids = children.get(row["path"], [])
+        for index, kid in enumerate(kids):
+            last = index == len(kids) - 1
+            walk(kid, tail + ("└─ " if last else "├─ "), tail + ("   " if last else "│  "))
+
+    for root in children.get(None, []):
+        walk(root, "", "")
+    width = max(len(label) for label, _ in labels)
+    header = f"{'NODE':<{width}}  {'PID':>7}  {'PPID':>7}  {'STATE':<10}  {'RESTARTS':>8}  {'UPTIME':>8}  KIND"
+    lines = [header]
+    for label, row in labels:
+        kind = row["kind"] + (", daemon" if row["daemon"] else "")
+        lines.append(f"{label:<{width}}  {_num(row['pid']):>7}  {_num(row['ppid']):>7}  "
+                     f"{row['state']:<10}  {row['restarts']:>8}  {_duration(row['uptime']):>8}  {kind}")
+    return "\n".join(lines)
+
+
+def _num(value: Optional[int]) -> str:
+    return "-" if value is None else str(value)
+
+
+def _duration(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"

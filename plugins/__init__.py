@@ -1,0 +1,1 @@
+"""Worker plugins bundled with orch (imported as `orch_plugins`)."""

@@ -25,8 +25,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         for problem in error.problems:
             print(problem, file=sys.stderr)
         count = len(error.problems)
-        print(f"orch: {count} problem{'s' if count != 1 else ''} found; nothing was started",
-              file=sys.stderr)
+        outcome = "; nothing was started" if args.command == "up" else ""
+        print(f"orch: {count} problem{'s' if count != 1 else ''} found{outcome}", file=sys.stderr)
         return EXIT_USAGE
     except UsageError as error:
         print(f"orch: {error}", file=sys.stderr)

@@ -1,0 +1,152 @@
+"""Checkers for single tree-file values: each returns the typed value or raises Bad(message)."""
+from __future__ import annotations
+
+import datetime
+import difflib
+import math
+import re
+from typing import Any, Callable, Dict
+
+from orchestrator.spec import Restart, StartMethod, Strategy
+
+NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+class Bad(Exception):
+    """A value check failed; the message is the user-facing explanation."""
+
+
+FORKSERVER_REJECTED = (
+    'start_method "forkserver" is not supported: multiprocessing forks forkserver '
+    "children from its server process, so their OS parent would not be their "
+    'supervisor and parent-death guarantees would not hold; use "fork" or "spawn"'
+)
+
+def did_you_mean(word: str, choices: Any) -> str:
+    close = difflib.get_close_matches(word, sorted(choices), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+_TOML_TYPES = (
+    (bool, "boolean"),
+    (int, "integer"),
+    (float, "float"),
+    (str, "string"),
+    (list, "array"),
+    (dict, "table"),
+    (datetime.datetime, "datetime"),
+    (datetime.date, "date"),
+    (datetime.time, "time"),
+)
+
+
+def describe(value: Any) -> str:
+    """`string "5"`, `boolean true`, `array`: the TOML type and a short value."""
+    kind = next((name for cls, name in _TOML_TYPES if isinstance(value, cls)), type(value).__name__)
+    if isinstance(value, (list, dict)):
+        return kind
+    if isinstance(value, bool):
+        return f"{kind} {str(value).lower()}"
+    shown = f'"{value}"' if isinstance(value, str) else str(value)
+    return f"{kind} {shown if len(shown) <= 40 else shown[:37] + '...'}"
+
+
+def _string(key: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise Bad(f"{key!r} must be a string, got {describe(value)}")
+    return value
+
+
+def _name(key: str, value: Any) -> str:
+    if not NAME.fullmatch(_string(key, value)):
+        raise Bad(f"name {value!r} may only use letters, digits, '_', '.' and '-'")
+    return value
+
+
+def _worker(key: str, value: Any) -> str:
+    if not _string(key, value).strip():
+        raise Bad("'worker' must name a worker provided by a plugin, got an empty string")
+    return value
+
+
+def _table(key: str, value: Any) -> Dict[str, Any]:
+    if not isinstance(value, dict):
+        message = f"{key!r} must be a table of keyword arguments, e.g. {key} = {{ interval = 1.0 }}"
+        raise Bad(f"{message}, got {describe(value)}")
+    return value
+
+
+def _bool(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise Bad(f"{key!r} must be true or false, got {describe(value)}")
+    return value
+
+
+def _seconds(key: str, value: Any) -> float:
+    # bool is an int subclass in Python, but `true` is not a duration.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise Bad(f"{key!r} must be a number of seconds, got {describe(value)}")
+    try:
+        seconds = float(value)
+    except OverflowError:
+        raise Bad(f"{key!r} is too large: {value}") from None
+    if not math.isfinite(seconds):
+        raise Bad(f"{key!r} must be a finite number of seconds, got {value}")
+    return seconds
+
+
+def _stop_timeout(key: str, value: Any) -> float:
+    seconds = _seconds(key, value)
+    if seconds < 0:
+        raise Bad(f"{key!r} must be >= 0 seconds, got {value}")
+    return seconds
+
+
+def _within(key: str, value: Any) -> float:
+    seconds = _seconds(key, value)
+    if seconds <= 0:
+        raise Bad(f"{key!r} must be > 0 seconds, got {value}")
+    return seconds
+
+
+def _max_restarts(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise Bad(f"{key!r} must be an integer, got {describe(value)}")
+    if value < 0:
+        raise Bad(f"{key!r} must be >= 0, got {value}")
+    return value
+
+
+def _choice(enum_cls: Any) -> Callable[[str, Any], Any]:
+    valid = [member.value for member in enum_cls]
+
+    def check(key: str, value: Any) -> Any:
+        listed = ", ".join(f'"{word}"' for word in valid)
+        if not isinstance(value, str):
+            raise Bad(f"{key!r} must be a string, one of {listed}; got {describe(value)}")
+        if value not in valid:
+            raise Bad(f'unknown {key} "{value}"{did_you_mean(value, valid)} (valid: {listed})')
+        return enum_cls(value)
+
+    return check
+
+
+def start_method(key: str, value: Any) -> StartMethod:
+    if value == "forkserver":
+        raise Bad(FORKSERVER_REJECTED)
+    return _choice(StartMethod)(key, value)
+
+
+CHECKS: Dict[str, Callable[[str, Any], Any]] = {
+    "name": _name,
+    "description": _string,
+    "worker": _worker,
+    "args": _table,
+    "restart": _choice(Restart),
+    "daemon": _bool,
+    "stop_timeout": _stop_timeout,
+    "strategy": _choice(Strategy),
+    "max_restarts": _max_restarts,
+    "within": _within,
+}
+

@@ -6,6 +6,7 @@ import importlib.util
 import os
 import sys
 import types
+import zlib
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import attrs
@@ -106,7 +107,7 @@ def _load_tree_plugin(manager, ref: str, problems) -> None:
 def _import_path(path: str) -> types.ModuleType:
     """Import a plugin file once per process under a stable, path-derived name."""
     stem = os.path.splitext(os.path.basename(path))[0]
-    name = f"orch_tree_plugin_{stem}_{abs(hash(path)) & 0xFFFFFFFF:08x}"
+    name = f"orch_tree_plugin_{stem}_{zlib.crc32(os.fsencode(path)):08x}"
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)
@@ -127,7 +128,8 @@ def _check_hook_names(manager, problems) -> None:
     try:
         manager.check_pending()
     except pluggy.PluginValidationError as error:
-        problems.append((None, f"plugin {error.plugin_name!r}: {error}"))
+        name = manager.get_name(error.plugin) if error.plugin is not None else "?"
+        problems.append((None, f"plugin {name!r}: {error}"))
 
 
 def _collect_workers(manager, problems) -> Dict[str, WorkerEntry]:

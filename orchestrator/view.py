@@ -4,6 +4,8 @@ from __future__ import annotations
 import time
 from typing import Dict, List, Mapping, Optional
 
+import psutil
+
 from orchestrator.livetree import LiveProcess
 from orchestrator.spec import TreeSpec
 
@@ -52,11 +54,22 @@ def _helpers(rows: List[dict], live: Mapping[int, LiveProcess], now: float) -> L
         path = f"{parent}/~{proc.pid}" if parent else f"~{proc.pid}"
         path_of[proc.pid] = path
         helpers.append({
-            "path": path, "name": proc.name or "?", "kind": "helper", "parent": parent,
+            "path": path, "name": _helper_name(proc), "kind": "helper", "parent": parent,
             "pid": proc.pid, "ppid": proc.ppid, "state": proc.status or "?", "restarts": 0,
             "daemon": False, "uptime": round(now - proc.create_time, 3) if proc.create_time else None,
         })
     return helpers
+
+
+def _helper_name(proc: LiveProcess) -> str:
+    """Name multiprocessing's own helpers after their job rather than `python3`."""
+    try:
+        cmdline = " ".join(psutil.Process(proc.pid).cmdline())
+    except psutil.Error:
+        cmdline = ""
+    if "resource_tracker" in cmdline:
+        return "resource_tracker"
+    return proc.name or "?"
 
 
 def render_text(tree_name: str, rows: List[dict]) -> str:

@@ -1,0 +1,244 @@
+"""Pytest helpers for orch and for plugin authors: run a real tree, wait on facts, clean up by pid.
+
+Enable with ``pytest_plugins = ["orchestrator.testing"]`` in a ``conftest.py``; then the
+``orch_tree`` fixture starts trees that are killed by pid when the test ends, even
+when it fails::
+
+    def test_my_worker(orch_tree):
+        tree = orch_tree('''
+            name = "t"
+            [[children]]
+            name = "w"
+            worker = "myapp.consumer"
+        ''')
+        tree.wait_for(lambda: tree.node("w")["state"] == "running")
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import psutil
+import pytest
+
+from orchestrator import control
+from orchestrator.errors import RuntimeFailure
+
+DEFAULT_TIMEOUT = 10.0
+
+
+class WaitTimeout(AssertionError):
+    pass
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = DEFAULT_TIMEOUT,
+             message: str = "condition", interval: float = 0.01):
+    """Poll `predicate` until it returns something truthy; fail with `message` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last_error: Optional[BaseException] = None
+    while True:
+        try:
+            result = predicate()
+            if result:
+                return result
+        except (RuntimeFailure, psutil.Error, KeyError, OSError) as error:
+            last_error = error
+        if time.monotonic() > deadline:
+            detail = f" (last error: {last_error!r})" if last_error else ""
+            raise WaitTimeout(f"timed out after {timeout:g}s waiting for {message}{detail}")
+        time.sleep(interval)
+
+
+def gone(pid: int) -> bool:
+    """True once `pid` no longer exists or is only a zombie waiting to be reaped."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def descendants(pid: int) -> List[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+class RunningTree:
+    """A tree started by `orch up` in a subprocess; every pid it shows is remembered for cleanup."""
+
+    def __init__(self, file: Path, name: str, env: Dict[str, str], output: Path) -> None:
+        self.file = file
+        self.name = name
+        self.env = env
+        self.output = output
+        self.seen: Dict[int, float] = {}  # pid -> create_time, so a reused pid is never killed
+        self._log = open(output, "wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator", "up", str(file)],
+            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+        )
+        self._remember(self.process.pid)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def orch(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
+        """Run the `orch` CLI against this tree's run directory."""
+        return run_orch(*args, env=self.env, timeout=timeout)
+
+    def nodes(self) -> List[dict]:
+        with _run_dir(self.env):
+            reply = control.request(self.name, {"cmd": "tree"}, timeout=5.0)
+        if not reply.get("ok"):
+            raise RuntimeFailure(reply.get("error", "tree request failed"))
+        for node in reply["nodes"]:
+            if node["pid"] and node["pid"] not in self.seen:
+                self._remember(node["pid"])
+        return reply["nodes"]
+
+    def _remember(self, pid: int) -> None:
+        try:
+            self.seen[pid] = psutil.Process(pid).create_time()
+        except psutil.NoSuchProcess:
+            pass
+
+    def node(self, path: str) -> dict:
+        for node in self.nodes():
+            if node["path"] == path:
+                return node
+        raise KeyError(path)
+
+    def pids(self) -> Dict[str, Optional[int]]:
+        """Node path -> pid for spec nodes (helpers left out)."""
+        return {node["path"]: node["pid"] for node in self.nodes() if node["kind"] != "helper"}
+
+    def wait_for(self, predicate, timeout: float = DEFAULT_TIMEOUT, message: str = "condition"):
+        return wait_for(predicate, timeout, f"{message} (output so far:\n{self.read_output()})")
+
+    def wait_running(self, timeout: float = DEFAULT_TIMEOUT) -> List[dict]:
+        """Wait until every spec node runs with the ppid the spec says (OS truth)."""
+        def all_running():
+            nodes = [n for n in self.nodes() if n["kind"] != "helper"]
+            return nodes if all(_mirrors_spec(n, nodes) for n in nodes) else None
+        return self.wait_for(all_running, timeout, "every node running with the right ppid")
+
+    def wait_exit(self, timeout: float = DEFAULT_TIMEOUT) -> int:
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise WaitTimeout(f"root did not exit within {timeout:g}s; output:\n{self.read_output()}")
+
+    def read_output(self) -> str:
+        self._log.flush()
+        return self.output.read_text(errors="replace")
+
+    def kill_everything(self) -> None:
+        """Cleanup by pid: the root, its live descendants and every pid ever seen."""
+        procs = descendants(self.process.pid)
+        for pid, created in self.seen.items():
+            try:
+                proc = psutil.Process(pid)
+                if proc.create_time() == created:
+                    procs.append(proc)
+            except psutil.NoSuchProcess:
+                continue
+        for proc in procs:
+            try:
+                proc.send_signal(signal.SIGKILL)
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(procs, timeout=5)
+        if self.process.poll() is None:
+            self.process.wait(5)
+        self._log.close()
+
+
+def _mirrors_spec(node: dict, nodes: List[dict]) -> bool:
+    if node["path"] == "":
+        return node["state"] == "running" and node["pid"] is not None
+    parent = next(n for n in nodes if n["path"] == node["parent"])
+    return node["state"] == "running" and node["pid"] is not None and node["ppid"] == parent["pid"]
+
+
+class _run_dir:
+    """Point the in-process control client at a tree's run directory for one call."""
+
+    def __init__(self, env: Dict[str, str]) -> None:
+        self._value = env.get(control.ENV_RUN_DIR)
+
+    def __enter__(self):
+        self._old = os.environ.get(control.ENV_RUN_DIR)
+        if self._value is not None:
+            os.environ[control.ENV_RUN_DIR] = self._value
+
+    def __exit__(self, *exc):
+        if self._old is None:
+            os.environ.pop(control.ENV_RUN_DIR, None)
+        else:
+            os.environ[control.ENV_RUN_DIR] = self._old
+
+
+def run_orch(*args: str, env: Optional[Dict[str, str]] = None, timeout: float = 60.0,
+             input: Optional[str] = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "orchestrator", *args], env=env, timeout=timeout,
+                          capture_output=True, text=True, input=input)
+
+
+def isolated_env(tmp_path: Path) -> Dict[str, str]:
+    """An environment with a private run directory and no stray installed plugins."""
+    env = dict(os.environ)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(exist_ok=True)
+    env[control.ENV_RUN_DIR] = str(run_dir)
+    env["ORCH_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@pytest.fixture
+def orch_env(tmp_path) -> Dict[str, str]:
+    return isolated_env(tmp_path)
+
+
+@pytest.fixture
+def orch_tree(tmp_path, orch_env):
+    """Factory: ``orch_tree(toml_text, name=None)`` starts a tree; all of it is killed at teardown."""
+    started: List[RunningTree] = []
+
+    def start(text: str, filename: str = "tree.toml", wait: bool = True) -> RunningTree:
+        file = tmp_path / filename
+        file.write_text(textwrap.dedent(text))
+        name = _name_of(file)
+        tree = RunningTree(file, name, orch_env, tmp_path / f"{file.stem}.out")
+        started.append(tree)
+        if wait:
+            tree.wait_running()
+        return tree
+
+    yield start
+    for tree in started:
+        tree.kill_everything()
+
+
+def _name_of(file: Path) -> str:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python < 3.11
+        import tomli as tomllib
+    return tomllib.loads(file.read_text())["name"]
+
+
+def json_tree(env: Dict[str, str], name: Optional[str] = None) -> List[dict]:
+    args = ["tree", "--json"] + ([name] if name else [])
+    result = run_orch(*args, env=env)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)

@@ -100,6 +100,8 @@ class Supervisor:
             return
         self.stopping = True
         self.exit_code = exit_code
+        if not self.node.path:
+            log(f"stopping tree {self.tree.name!r}")
         self._pending.clear()
         for slot in self.slots:
             self._cancel_retry(slot)
@@ -214,6 +216,9 @@ class Supervisor:
         to_stop = [by_name[name] for name in stop_names if by_name[name].running is not None]
         failed.state = "restarting"
         self._emit(failed)
+        log(f"{failed.spec.path}: restarting {', '.join(slot.spec.path for slot in to_start)} "
+            f"({self.node.strategy.value}, restart {self.window.recent()} of at most "
+            f"{self.node.intensity.max_restarts} within {self.node.intensity.within:g}s)")
         self._run_sequence(to_stop, lambda: self._finish_round(to_start))
 
     def _finish_round(self, to_start: List[Slot]) -> None:

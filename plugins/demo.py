@@ -27,7 +27,7 @@ def ticker(interval: float = 1.0, message: str = "tick") -> None:
             print(f"{message} {count} (pid {os.getpid()})", flush=True)
             time.sleep(interval)
     except _Stop:
-        print(f"stopping after {count} {message}s", flush=True)
+        print(f"{message}: stopping after {count}", flush=True)
 
 
 def flaky(lifetime: float = 3.0, code: int = 1) -> None:

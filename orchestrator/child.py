@@ -15,14 +15,14 @@ from orchestrator.spec import NodeSpec, StartMethod, TreeContext
 EXIT_BOOT_FAILED = 78
 
 
-def _common_setup(tree: TreeContext, node: NodeSpec, parent_pid: int, keep_fds) -> None:
+def _common_setup(tree: TreeContext, node: NodeSpec, parent_pid: int, keep_fds, death_signal) -> None:
     # Under fork we inherit the parent's handlers and wakeup fd; a signal arriving
     # now must not wake the parent's loop. Signals stay blocked until this is done.
     signal.set_wakeup_fd(-1)
     for signum in osproc.HANDLED_SIGNALS:
         signal.signal(signum, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    osproc.die_with_parent(parent_pid)
+    osproc.die_with_parent(parent_pid, death_signal)
     # Own process group: the terminal's Ctrl-C reaches only the root, which stops
     # the tree in order; and a worker's helpers can be signalled with the worker.
     os.setpgid(0, 0)
@@ -33,7 +33,7 @@ def _common_setup(tree: TreeContext, node: NodeSpec, parent_pid: int, keep_fds) 
 
 def worker_main(tree: TreeContext, node: NodeSpec, output: Connection, parent_pid: int) -> None:
     """Target of a worker process: returns, raises or exits as the worker does."""
-    _common_setup(tree, node, parent_pid, keep_fds=[output.fileno()])
+    _common_setup(tree, node, parent_pid, [output.fileno()], signal.SIGKILL)
     fd = output.fileno()
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -63,7 +63,9 @@ def _boot_failed(message: str) -> NoReturn:
 
 def supervisor_main(tree: TreeContext, node: NodeSpec, uplink: Connection, parent_pid: int) -> None:
     """Target of a supervisor process: run its loop until stopped or it gives up."""
-    _common_setup(tree, node, parent_pid, keep_fds=[uplink.fileno()])
+    # SIGTERM, not SIGKILL: an orphaned supervisor must live long enough to
+    # SIGKILL its children's process groups, helpers they forked included.
+    _common_setup(tree, node, parent_pid, [uplink.fileno()], signal.SIGTERM)
     from orchestrator.supervisor import run_child_supervisor
 
-    sys.exit(run_child_supervisor(tree, node, uplink))
+    sys.exit(run_child_supervisor(tree, node, uplink, parent_pid))

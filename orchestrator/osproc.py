@@ -14,7 +14,10 @@ _PR_SET_CHILD_SUBREAPER = 36
 
 # Signals the loop handles; blocked around fork so a child never runs the
 # parent's handler (which would wake the parent's loop with the child's signal).
-HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
+# Sent to a supervisor to make it SIGKILL its subtree at once and exit: the fast
+# path for daemon supervisors and for a second Ctrl-C.
+KILL_SUBTREE = signal.SIGUSR1
 
 
 def _libc() -> Optional[ctypes.CDLL]:

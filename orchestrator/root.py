@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from typing import Dict, Optional
 
-from orchestrator import livetree, spawn, view
+from orchestrator import livetree, osproc, spawn, view
 from orchestrator.control import ControlServer, RunDir
 from orchestrator.errors import EXIT_FAILURE
 from orchestrator.loop import Loop
@@ -68,11 +69,19 @@ class Root:
     def node_event(self, path, pid, state, restarts, started_at) -> None:
         self.table[path] = {"pid": pid, "state": state, "restarts": restarts, "started_at": started_at}
         if state not in LIVE_STATES:
-            # A supervisor that is gone took its subtree with it.
-            prefix = path + "/"
-            for other, entry in self.table.items():
-                if other.startswith(prefix) and entry["pid"] is not None:
-                    entry.update(pid=None, state="stopped", started_at=None)
+            self._forget_subtree(path)
+
+    def _forget_subtree(self, path: str) -> None:
+        """A supervisor that is gone took its subtree with it (parent-death signals).
+
+        A worker killed that way leaves any helper it forked orphaned, and its
+        supervisor is gone too: SIGKILL each worker's process group from here.
+        """
+        prefix = path + "/"
+        for other, entry in self.table.items():
+            if other.startswith(prefix) and entry["pid"] is not None:
+                osproc.send(entry["pid"], signal.SIGKILL, group=True)
+                entry.update(pid=None, state="stopped", started_at=None)
 
     def ready(self, path: str) -> None:
         if path:

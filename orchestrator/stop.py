@@ -10,11 +10,18 @@ from orchestrator.loop import Loop, Timer
 from orchestrator.output import log
 
 
-def signal_node(slot, signum: int) -> None:
+# How long a supervisor told to kill its subtree may take before it is SIGKILLed.
+KILL_SUBTREE_GRACE = 2.0
+
+
+def signal_node(slot, signum: int, group: bool = True) -> None:
     """Signal a node's process group (its helpers too), or the pid before it has one."""
     slot.stop_requested = True
     slot.state = "stopping"
     pid = slot.running.pid
+    if not group:
+        osproc.send(pid, signum)
+        return
     try:
         os.killpg(pid, signum)
     except ProcessLookupError:
@@ -28,8 +35,10 @@ def signal_node(slot, signum: int) -> None:
 class StopSequence:
     """Stops `slots` in the given order, each waited for before the next (OTP order).
 
-    Daemon nodes are SIGKILLed without waiting. `on_done` runs once every slot
-    handed in has been reaped, never earlier: every process stays accounted for.
+    Daemon nodes are killed without waiting: a worker's process group is
+    SIGKILLed; a supervisor is told to SIGKILL its own subtree first, so no
+    grandchild or helper is orphaned. `on_done` runs once every slot handed in
+    has been reaped, never earlier: every process stays accounted for.
     """
 
     def __init__(self, loop: Loop, slots: Sequence, on_done: Callable[[], None]) -> None:
@@ -61,7 +70,7 @@ class StopSequence:
         self._force = True
         self._cancel_timer()
         if self._current is not None and self._current.running is not None:
-            signal_node(self._current, signal.SIGKILL)
+            self._kill_fast(self._current)
         self._current = None
         self._advance()
 
@@ -75,13 +84,26 @@ class StopSequence:
             if slot.running is None:
                 continue
             if slot.spec.daemon or self._force:
-                signal_node(slot, signal.SIGKILL)
+                self._kill_fast(slot)
                 continue
             signal_node(slot, signal.SIGTERM)
             self._current = slot
             self._timer = self._loop.call_later(slot.spec.stop_budget(), self._deadline)
             return
         self._maybe_done()
+
+    def _kill_fast(self, slot) -> None:
+        if not slot.spec.is_supervisor:
+            signal_node(slot, signal.SIGKILL)
+            return
+        signal_node(slot, osproc.KILL_SUBTREE, group=False)
+        running = slot.running
+        self._loop.call_later(KILL_SUBTREE_GRACE, lambda: self._kill_if_still(slot, running))
+
+    def _kill_if_still(self, slot, running) -> None:
+        if slot.running is running:
+            log(f"{slot.spec.path} did not kill its subtree within {KILL_SUBTREE_GRACE:g}s; sending SIGKILL")
+            signal_node(slot, signal.SIGKILL)
 
     def _deadline(self) -> None:
         slot = self._current

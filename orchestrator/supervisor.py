@@ -60,8 +60,10 @@ def describe_exit(code: int) -> str:
 class Supervisor:
     """Supervises the children of one node; all effects happen in `loop` callbacks."""
 
-    def __init__(self, tree: TreeContext, node: NodeSpec, uplink: Uplink, loop: Loop) -> None:
+    def __init__(self, tree: TreeContext, node: NodeSpec, uplink: Uplink, loop: Loop,
+                 parent_pid: Optional[int] = None) -> None:
         self.tree = tree
+        self.parent_pid = parent_pid  # None for the root: its parent is just the shell
         self.node = node
         self.uplink = uplink
         self.loop = loop
@@ -79,7 +81,8 @@ class Supervisor:
 
     def run(self) -> int:
         for signum in osproc.HANDLED_SIGNALS:
-            self.loop.on_signal(signum, self.shutdown)
+            self.loop.on_signal(signum, self._on_stop_signal)
+        self.loop.on_signal(osproc.KILL_SUBTREE, self.abandon)
         osproc.unblock_handled_signals()
         self.uplink.attach(self)
         for slot in self.slots:
@@ -87,6 +90,21 @@ class Supervisor:
         self._check_ready()
         self.loop.run()
         return self.exit_code
+
+    def _on_stop_signal(self) -> None:
+        if self.parent_pid is not None and os.getppid() != self.parent_pid:
+            self.abandon()
+        else:
+            self.shutdown()
+
+    def abandon(self) -> None:
+        """Kill this subtree now, helpers included: our parent died or told us to."""
+        if self.parent_pid is not None and os.getppid() != self.parent_pid:
+            log(f"{self._label()}: parent process died; killing this subtree")
+        if not self.stopping:
+            self.shutdown(exit_code=1)
+        if self._sequence is not None:
+            self._sequence.force()
 
     def shutdown(self, exit_code: int = 0) -> None:
         """Stop every child in reverse spec order, then leave the loop.
@@ -299,10 +317,10 @@ class Supervisor:
         return self.node.path or self.tree.name
 
 
-def run_child_supervisor(tree: TreeContext, node: NodeSpec, conn: Connection) -> int:
+def run_child_supervisor(tree: TreeContext, node: NodeSpec, conn: Connection, parent_pid: int) -> int:
     """Entry point inside a supervisor process below the root."""
     loop = Loop()
-    supervisor = Supervisor(tree, node, PipeUplink(conn, loop), loop)
+    supervisor = Supervisor(tree, node, PipeUplink(conn, loop), loop, parent_pid)
     try:
         return supervisor.run()
     finally:

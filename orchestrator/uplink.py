@@ -39,7 +39,7 @@ class PipeUplink:
         except (EOFError, OSError):
             # The parent is gone (the parent-death signal usually beats this).
             self._loop.remove_reader(self._conn.fileno())
-            self._supervisor.shutdown()
+            self._supervisor.abandon()
 
     def node_event(self, path, pid, state, restarts, started_at) -> None:
         self._send(("node", path, pid, state, restarts, started_at))

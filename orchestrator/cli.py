@@ -137,20 +137,14 @@ def cmd_tree(args) -> int:
 
 
 def cmd_down(args) -> int:
-    import psutil
+    from orchestrator import livetree
 
     name = _one_tree(args.name)
     reply = _ask(name, {"cmd": "down"})
-    procs = []
-    for pid in reply["pids"]:
-        try:
-            procs.append(psutil.Process(pid))
-        except psutil.NoSuchProcess:
-            pass
     budget = reply["stop_budget"] + 5.0
-    _, alive = psutil.wait_procs(procs, timeout=budget)
+    alive = livetree.wait_gone(reply["pids"], timeout=budget)
     if alive:
-        pids = ", ".join(str(proc.pid) for proc in alive)
+        pids = ", ".join(str(pid) for pid in alive)
         raise RuntimeFailure(f"tree {name!r}: processes still alive after {budget:g}s: {pids}")
     print(f"orch: tree {name!r} stopped; {len(reply['pids'])} processes gone", file=sys.stderr)
     return EXIT_OK

@@ -1,7 +1,8 @@
 """The OS's view of a running tree: a psutil snapshot of the root and its descendants."""
 from __future__ import annotations
 
-from typing import Dict, Optional
+import time
+from typing import Dict, Iterable, List, Optional
 
 import attrs
 import psutil
@@ -34,3 +35,39 @@ def snapshot(root_pid: int) -> Dict[int, LiveProcess]:
         found[pid] = by_pid[pid]
         stack.extend(children.get(pid, ()))
     return found
+
+
+def is_gone(pid: int, create_time: Optional[float] = None) -> bool:
+    """True once `pid` has exited: gone, a zombie awaiting its parent, or reused."""
+    try:
+        proc = psutil.Process(pid)
+        if create_time is not None and proc.create_time() != create_time:
+            return True
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def wait_gone(pids: Iterable[int], timeout: float) -> List[int]:
+    """Wait until every pid has exited (a zombie counts: it is only waiting to be
+    reaped by a parent we do not control). Returns the pids still alive.
+
+    This runs in the CLI, not in a supervisor loop, and other processes cannot be
+    waited on without polling; the interval grows to keep the cost low.
+    """
+    watched = {pid: _create_time(pid) for pid in pids}
+    deadline = time.monotonic() + timeout
+    interval = 0.005
+    while True:
+        watched = {pid: created for pid, created in watched.items() if not is_gone(pid, created)}
+        if not watched or time.monotonic() >= deadline:
+            return sorted(watched)
+        time.sleep(interval)
+        interval = min(interval * 2, 0.1)
+
+
+def _create_time(pid: int) -> Optional[float]:
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.NoSuchProcess:
+        return None

@@ -41,8 +41,10 @@ class StopSequence:
     has been reaped, never earlier: every process stays accounted for.
     """
 
-    def __init__(self, loop: Loop, slots: Sequence, on_done: Callable[[], None]) -> None:
+    def __init__(self, loop: Loop, slots: Sequence, on_done: Callable[[], None],
+                 on_signal: Callable[[object], None] = lambda slot: None) -> None:
         self._loop = loop
+        self._on_signal = on_signal  # the supervisor reports the `stopping` state
         self._slots = list(slots)
         self._queue: List = list(slots)
         self._on_done = on_done
@@ -85,8 +87,10 @@ class StopSequence:
                 continue
             if slot.spec.daemon or self._force:
                 self._kill_fast(slot)
+                self._on_signal(slot)
                 continue
             signal_node(slot, signal.SIGTERM)
+            self._on_signal(slot)
             self._current = slot
             self._timer = self._loop.call_later(slot.spec.stop_budget(), self._deadline)
             return

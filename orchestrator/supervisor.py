@@ -16,6 +16,7 @@ from orchestrator.intensity import RestartWindow
 from orchestrator.loop import Loop, Timer
 from orchestrator.output import OutputRelay, log
 from orchestrator.spec import NodeSpec, Restart, TreeContext
+from orchestrator.start import StartSequence
 from orchestrator.stop import StopSequence
 from orchestrator.uplink import PipeUplink, Uplink
 
@@ -74,7 +75,8 @@ class Supervisor:
         self.exit_code = 0
         self.gave_up: Optional[str] = None
         self._sequence: Optional[StopSequence] = None  # restart round or shutdown
-        self._pending: List[Tuple[Slot, int]] = []  # failures seen during a round
+        self._starting: Optional[StartSequence] = None
+        self._pending: List[Tuple[Slot, int]] = []  # failures seen while busy
         self._ready_sent = False
 
     # ----- lifecycle -------------------------------------------------------
@@ -85,9 +87,7 @@ class Supervisor:
         self.loop.on_signal(osproc.KILL_SUBTREE, self.abandon)
         osproc.unblock_handled_signals()
         self.uplink.attach(self)
-        for slot in self.slots:
-            self._start(slot)
-        self._check_ready()
+        self._start_in_order(self.slots)
         self.loop.run()
         return self.exit_code
 
@@ -123,6 +123,9 @@ class Supervisor:
         self._pending.clear()
         for slot in self.slots:
             self._cancel_retry(slot)
+        if self._starting is not None:
+            self._starting.cancel()
+            self._starting = None
         if self._sequence is not None:
             self._sequence.cancel()
         self._run_sequence(list(reversed(self.slots)), self._finish)
@@ -132,6 +135,21 @@ class Supervisor:
         self.loop.stop()
 
     # ----- starting --------------------------------------------------------
+
+    def _start_in_order(self, slots: List[Slot]) -> None:
+        self._starting = StartSequence(slots, self._start, self._after_start)
+        self._starting.begin()
+
+    def _after_start(self) -> None:
+        self._starting = None
+        self._check_ready()
+        pending, self._pending = self._pending, []
+        for slot, code in pending:
+            if slot.running is None and slot.retry is None:
+                self._on_failure(slot, code)
+
+    def _busy(self) -> bool:
+        return self._sequence is not None or self._starting is not None
 
     def _start(self, slot: Slot) -> None:
         slot.retry = None
@@ -188,18 +206,20 @@ class Supervisor:
         slot.running = None
         slot.ready = False
         expected, slot.stop_requested = slot.stop_requested, False
-        if self._sequence is not None:
-            self._sequence.exited(slot)
+        # Sequences hear of the exit after the slot's state is settled: finishing
+        # one may start this very slot again.
+        sequences = [seq for seq in (self._sequence, self._starting) if seq is not None]
         if expected or self.stopping:
-            if slot.state != "restarting":
-                slot.state = "stopped"
+            slot.state = "stopped"
             self._emit(slot)
-            return
-        self._on_failure(slot, code)
+        else:
+            log(f"{slot.spec.path} {describe_exit(code)}")
+            self._on_failure(slot, code)
+        for sequence in sequences:
+            sequence.exited(slot)
 
     def _on_failure(self, slot: Slot, code: int) -> None:
-        log(f"{slot.spec.path} {describe_exit(code)}")
-        if self._sequence is not None:
+        if self._busy():
             slot.state = "failed"
             self._emit(slot)
             self._pending.append((slot, code))
@@ -241,19 +261,13 @@ class Supervisor:
 
     def _finish_round(self, to_start: List[Slot]) -> None:
         self._sequence = None
+        to_start = [slot for slot in to_start if slot.running is None and slot.retry is None]
         for slot in to_start:
-            if slot.running is None and slot.retry is None:
-                slot.restarts += 1
-                self._start(slot)
-        pending, self._pending = self._pending, []
-        for slot, code in pending:
-            if self._sequence is None and not self.stopping and slot.running is None:
-                self._on_failure(slot, code)
-            elif slot.running is None:
-                self._pending.append((slot, code))
+            slot.restarts += 1
+        self._start_in_order(to_start)
 
     def _run_sequence(self, slots: List[Slot], on_done) -> None:
-        self._sequence = StopSequence(self.loop, slots, on_done)
+        self._sequence = StopSequence(self.loop, slots, on_done, self._emit)
         self._sequence.begin()
 
     def _give_up(self, reason: str) -> None:
@@ -288,7 +302,10 @@ class Supervisor:
                 slot.ready = True
                 slot.state = "running"
                 self._emit(slot)
-                self._check_ready()
+                if self._starting is not None:
+                    self._starting.ready(slot)
+                else:
+                    self._check_ready()
                 return
             if kind == "gave_up":
                 slot.report = message[2]
@@ -307,7 +324,7 @@ class Supervisor:
         )
 
     def _check_ready(self) -> None:
-        if self._ready_sent or self.stopping:
+        if self._ready_sent or self.stopping or self._busy():
             return
         if all(slot.settled for slot in self.slots):
             self._ready_sent = True

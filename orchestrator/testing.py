@@ -28,7 +28,7 @@ from typing import Callable, Dict, List, Optional
 import psutil
 import pytest
 
-from orchestrator import control
+from orchestrator import control, livetree
 from orchestrator.errors import RuntimeFailure
 
 DEFAULT_TIMEOUT = 10.0
@@ -56,12 +56,7 @@ def wait_for(predicate: Callable[[], object], timeout: float = DEFAULT_TIMEOUT,
         time.sleep(interval)
 
 
-def gone(pid: int) -> bool:
-    """True once `pid` no longer exists or is only a zombie waiting to be reaped."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
+gone = livetree.is_gone
 
 
 def descendants(pid: int) -> List[psutil.Process]:
@@ -156,7 +151,7 @@ class RunningTree:
                 proc.send_signal(signal.SIGKILL)
             except psutil.NoSuchProcess:
                 pass
-        psutil.wait_procs(procs, timeout=5)
+        livetree.wait_gone([proc.pid for proc in procs], timeout=5)
         if self.process.poll() is None:
             self.process.wait(5)
         self._log.close()

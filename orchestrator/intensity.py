@@ -1,10 +1,10 @@
-"""Pure restart intensity: a sliding window of restart times (OTP intensity/period)."""
+"""Pure restart pacing: the intensity window (OTP intensity/period) and crash-loop backoff."""
 from __future__ import annotations
 
 import collections
 from typing import Deque
 
-from orchestrator.spec import Intensity
+from orchestrator.spec import Backoff, Intensity
 
 
 class RestartWindow:
@@ -27,3 +27,13 @@ class RestartWindow:
 
     def recent(self) -> int:
         return len(self._times)
+
+
+def backoff_delay(quick_exits: int, backoff: Backoff) -> float:
+    """Seconds to wait before a restart, given how many quick exits came just before it.
+
+    0 for the first (a lone crash restarts at once); then initial, 2x, 4x... capped.
+    """
+    if quick_exits <= 0:
+        return 0.0
+    return min(backoff.initial * 2 ** (quick_exits - 1), backoff.cap)

@@ -22,7 +22,8 @@ class Running:
     owns_exit_fd: bool
     output_fd: Optional[int]  # read end of a worker's stdout/stderr pipe
     uplink: Optional[Connection]  # a supervisor child's event channel
-    started_at: float = attrs.field(factory=time.time)
+    started_at: float = attrs.field(factory=time.time)  # wall clock, for display
+    started_mono: float = attrs.field(factory=time.monotonic)  # for uptime decisions
 
 
 def start_node(mp_context, tree: TreeContext, node: NodeSpec) -> Running:

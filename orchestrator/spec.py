@@ -34,11 +34,24 @@ class Intensity:
     within: float
 
 
+@attrs.frozen
+class Backoff:
+    """Delay before restarting a child that keeps crashing soon after it starts.
+
+    The first restart is immediate; each further one while the child lives less
+    than `cap` seconds waits `initial * 2**(n-1)`, at most `cap` seconds.
+    """
+
+    initial: float
+    cap: float
+
+
 # Defaults live here, next to the values they fill, so docs and code cannot drift.
 DEFAULT_RESTART = Restart.TRANSIENT
 DEFAULT_STRATEGY = Strategy.ONE_FOR_ONE
 DEFAULT_INTENSITY = Intensity(max_restarts=3, within=5.0)
 DEFAULT_STOP_TIMEOUT = 5.0
+DEFAULT_BACKOFF = Backoff(initial=0.1, cap=5.0)
 DEFAULT_START_METHOD = StartMethod.FORK
 # Slack a supervisor gets on top of its children's stop budgets to unwind itself.
 SUPERVISOR_STOP_SLACK = 1.0
@@ -62,6 +75,7 @@ class NodeSpec:
     stop_timeout: Optional[float] = None
     strategy: Strategy = DEFAULT_STRATEGY
     intensity: Intensity = DEFAULT_INTENSITY
+    backoff: Backoff = DEFAULT_BACKOFF
 
     @property
     def is_supervisor(self) -> bool:

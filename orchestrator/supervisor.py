@@ -12,10 +12,10 @@ import attrs
 
 from orchestrator import osproc, spawn, strategy
 from orchestrator.child import EXIT_BOOT_FAILED
-from orchestrator.intensity import RestartWindow
+from orchestrator.intensity import RestartWindow, backoff_delay
 from orchestrator.loop import Loop, Timer
 from orchestrator.output import OutputRelay, log
-from orchestrator.spec import NodeSpec, Restart, TreeContext
+from orchestrator.spec import NodeSpec, Restart, Strategy, TreeContext
 from orchestrator.start import StartSequence
 from orchestrator.stop import StopSequence
 from orchestrator.uplink import PipeUplink, Uplink
@@ -41,6 +41,8 @@ class Slot:
     retry: Optional[Timer] = None
     start_failures: int = 0
     report: Optional[str] = None  # why a supervisor child last gave up
+    quick_exits: int = 0  # consecutive exits soon after starting (crash-loop backoff)
+    last_uptime: float = 0.0
 
     @property
     def settled(self) -> bool:
@@ -76,6 +78,7 @@ class Supervisor:
         self.gave_up: Optional[str] = None
         self._sequence: Optional[StopSequence] = None  # restart round or shutdown
         self._starting: Optional[StartSequence] = None
+        self._delayed: Optional[Timer] = None  # a backed-off restart round, not yet begun
         self._pending: List[Tuple[Slot, int]] = []  # failures seen while busy
         self._ready_sent = False
 
@@ -126,6 +129,9 @@ class Supervisor:
         if self._starting is not None:
             self._starting.cancel()
             self._starting = None
+        if self._delayed is not None:
+            self._delayed.cancel()
+            self._delayed = None
         if self._sequence is not None:
             self._sequence.cancel()
         self._run_sequence(list(reversed(self.slots)), self._finish)
@@ -149,7 +155,7 @@ class Supervisor:
                 self._on_failure(slot, code)
 
     def _busy(self) -> bool:
-        return self._sequence is not None or self._starting is not None
+        return self._sequence is not None or self._starting is not None or self._delayed is not None
 
     def _start(self, slot: Slot) -> None:
         slot.retry = None
@@ -200,6 +206,7 @@ class Supervisor:
             self.loop.remove_reader(running.uplink.fileno())
         self.loop.remove_reader(running.exit_fd)
         code = spawn.reap(running)
+        slot.last_uptime = time.monotonic() - running.started_mono
         if not slot.spec.is_supervisor:
             # Helpers the worker forked share its process group: none outlives it.
             osproc.send(running.pid, signal.SIGKILL, group=True)
@@ -235,6 +242,33 @@ class Supervisor:
         if not self.window.allow(time.monotonic()):
             self._give_up(self._intensity_reason(slot, code))
             return
+        self._schedule_restart(slot)
+
+    def _schedule_restart(self, slot: Slot) -> None:
+        backoff = slot.spec.backoff
+        if slot.last_uptime >= backoff.cap:
+            slot.quick_exits = 0
+        delay = backoff_delay(slot.quick_exits, backoff)
+        slot.quick_exits += 1
+        if delay <= 0:
+            self._restart_round(slot)
+            return
+        log(f"{slot.spec.path} keeps exiting soon after start; restarting in {delay:g}s")
+        slot.state = "backoff"
+        self._emit(slot)
+        if self.node.strategy is Strategy.ONE_FOR_ONE:
+            # Only this child is affected, so its wait need not hold up its siblings.
+            slot.retry = self.loop.call_later(delay, lambda: self._restart_alone(slot))
+        else:
+            self._delayed = self.loop.call_later(delay, lambda: self._end_delay(slot))
+
+    def _restart_alone(self, slot: Slot) -> None:
+        slot.retry = None
+        slot.restarts += 1
+        self._start(slot)
+
+    def _end_delay(self, slot: Slot) -> None:
+        self._delayed = None
         self._restart_round(slot)
 
     def _intensity_reason(self, slot: Slot, code: int) -> str:

@@ -13,10 +13,12 @@ from orchestrator.resolve import CatalogLoader
 from orchestrator.source import KeyPath, SourceMap
 from orchestrator.values import CHECKS, NAME, Bad, describe, did_you_mean, start_method
 from orchestrator.spec import (
+    DEFAULT_BACKOFF,
     DEFAULT_INTENSITY,
     DEFAULT_RESTART,
     DEFAULT_START_METHOD,
     DEFAULT_STRATEGY,
+    Backoff,
     Intensity,
     NodeSpec,
     StartMethod,
@@ -26,7 +28,7 @@ from orchestrator.spec import (
 MAX_DEPTH = 32
 
 _MODULE = re.compile(r"[^\W\d]\w*(\.[^\W\d]\w*)*")
-_COMMON_KEYS = frozenset({"name", "restart", "daemon", "stop_timeout", "description"})
+_COMMON_KEYS = frozenset({"name", "restart", "daemon", "stop_timeout", "description", "backoff", "backoff_max"})
 _SUPERVISOR_ONLY = frozenset({"children", "strategy", "max_restarts", "within"})
 _WORKER_ONLY = frozenset({"worker", "args"})
 _ROOT_ONLY = frozenset({"start_method", "plugins"})
@@ -286,6 +288,10 @@ def _make_node(path: str, values: Mapping[str, Any], children: Tuple[NodeSpec, .
         stop_timeout=values.get("stop_timeout"),
         strategy=values.get("strategy", DEFAULT_STRATEGY),
         intensity=intensity,
+        backoff=Backoff(
+            initial=values.get("backoff", DEFAULT_BACKOFF.initial),
+            cap=values.get("backoff_max", DEFAULT_BACKOFF.cap),
+        ),
     )
 
 

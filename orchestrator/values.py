@@ -95,7 +95,7 @@ def _seconds(key: str, value: Any) -> float:
     return seconds
 
 
-def _stop_timeout(key: str, value: Any) -> float:
+def _non_negative_seconds(key: str, value: Any) -> float:
     seconds = _seconds(key, value)
     if seconds < 0:
         raise Bad(f"{key!r} must be >= 0 seconds, got {value}")
@@ -144,7 +144,9 @@ CHECKS: Dict[str, Callable[[str, Any], Any]] = {
     "args": _table,
     "restart": _choice(Restart),
     "daemon": _bool,
-    "stop_timeout": _stop_timeout,
+    "stop_timeout": _non_negative_seconds,
+    "backoff": _non_negative_seconds,
+    "backoff_max": _non_negative_seconds,
     "strategy": _choice(Strategy),
     "max_restarts": _max_restarts,
     "within": _within,

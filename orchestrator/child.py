@@ -7,7 +7,7 @@ import sys
 from multiprocessing.connection import Connection
 from typing import NoReturn
 
-from orchestrator import osproc
+from orchestrator import osproc, titles
 from orchestrator.spec import NodeSpec, StartMethod, TreeContext
 
 # Reserved exit code: the worker could not even be looked up in this process, so
@@ -19,7 +19,7 @@ def _common_setup(tree: TreeContext, node: NodeSpec, parent_pid: int, keep_fds, 
     # Under fork we inherit the parent's handlers and wakeup fd; a signal arriving
     # now must not wake the parent's loop. Signals stay blocked until this is done.
     signal.set_wakeup_fd(-1)
-    for signum in osproc.HANDLED_SIGNALS:
+    for signum in osproc.BLOCKED_AROUND_FORK:
         signal.signal(signum, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     osproc.die_with_parent(parent_pid, death_signal)
@@ -29,6 +29,7 @@ def _common_setup(tree: TreeContext, node: NodeSpec, parent_pid: int, keep_fds, 
     if tree.start_method is StartMethod.FORK:
         osproc.close_fds_except(keep_fds)
     osproc.set_process_name(f"orch {node.name}")
+    titles.set_node_title(tree.name, node.path)
 
 
 def worker_main(tree: TreeContext, node: NodeSpec, output: Connection, parent_pid: int) -> None:

@@ -69,6 +69,10 @@ class Loop:
         except (KeyError, ValueError, OSError):
             pass
 
+    @staticmethod
+    def now() -> float:
+        return time.monotonic()
+
     def call_later(self, delay: float, callback: Callback) -> Timer:
         timer = Timer(time.monotonic() + max(0.0, delay), callback)
         heapq.heappush(self._timers, (timer.when, next(self._order), timer))

@@ -15,6 +15,9 @@ _PR_SET_CHILD_SUBREAPER = 36
 # Signals the loop handles; blocked around fork so a child never runs the
 # parent's handler (which would wake the parent's loop with the child's signal).
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
+# Blocked around fork too: the root handles SIGCHLD, and a child must not run
+# that handler before it has reset its signals.
+BLOCKED_AROUND_FORK = HANDLED_SIGNALS + (signal.SIGCHLD,)
 # Sent to a supervisor to make it SIGKILL its subtree at once and exit: the fast
 # path for daemon supervisors and for a second Ctrl-C.
 KILL_SUBTREE = signal.SIGUSR1
@@ -89,7 +92,7 @@ def _max_fd() -> int:
 
 @contextlib.contextmanager
 def signals_blocked() -> Iterator[None]:
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, BLOCKED_AROUND_FORK)
     try:
         yield
     finally:
@@ -97,7 +100,26 @@ def signals_blocked() -> Iterator[None]:
 
 
 def unblock_handled_signals() -> None:
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, BLOCKED_AROUND_FORK)
+
+
+def children_of_self() -> list:
+    """Pids whose parent is this process (Linux /proc; empty where unavailable)."""
+    pid = os.getpid()
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as file:
+            return [int(field) for field in file.read().split()]
+    except OSError:
+        return []
+
+
+def reap_if_dead(pid: int) -> bool:
+    """Reap `pid` if it has exited; True if it is gone (reaped now or not our child)."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return done == pid
 
 
 def send(pid: int, signum: int, group: bool = False) -> None:

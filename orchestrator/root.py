@@ -4,13 +4,14 @@ from __future__ import annotations
 import os
 import signal
 import time
-from typing import Dict, Optional
+from typing import Dict, Optional, Set
 
-from orchestrator import livetree, osproc, spawn, view
+from orchestrator import livetree, osproc, spawn, titles, view
 from orchestrator.control import ControlServer, RunDir
 from orchestrator.errors import EXIT_FAILURE
 from orchestrator.loop import Loop
 from orchestrator.output import log
+from orchestrator.reconcile import Reconciler
 from orchestrator.spec import TreeContext, TreeSpec
 from orchestrator.supervisor import Supervisor
 
@@ -41,14 +42,24 @@ class Root:
         self.run_dir = RunDir(tree.name)
         self._ready_fd = ready_fd
         self._server: Optional[ControlServer] = None
+        self.reconciler = Reconciler(self.loop, tree.name, self._known_children)
+
+    def _known_children(self) -> Set[int]:
+        """Our own children: node processes and multiprocessing's resource tracker."""
+        pids = {slot.running.pid for slot in self.supervisor.slots if slot.running is not None}
+        tracker = spawn.tracker_pid()
+        return pids | ({tracker} if tracker else set())
 
     def run(self) -> int:
         """Run until stopped; 0 after a clean stop, 1 when the tree gave up."""
         self.run_dir.acquire()
+        titles.set_node_title(self.tree.name, "")
         try:
             self._server = ControlServer(self.loop, self.run_dir.socket_path, self.handle)
+            self.reconciler.start()
             code = self.supervisor.run()
         finally:
+            self.reconciler.finish()
             if self._server is not None:
                 self._server.close()
             self.run_dir.release()
@@ -117,4 +128,5 @@ class Root:
     def rows(self):
         state = "stopping" if self.supervisor.stopping else "running"
         live = livetree.snapshot(os.getpid())
-        return view.build_rows(self.tree, self.table, live, os.getpid(), state, self.started_at)
+        return view.build_rows(self.tree, self.table, live, os.getpid(), state, self.started_at,
+                               self.reconciler.drifting())

@@ -76,6 +76,12 @@ def _close_quietly(*things) -> None:
             pass
 
 
+def tracker_pid() -> Optional[int]:
+    from multiprocessing import resource_tracker
+
+    return getattr(getattr(resource_tracker, "_resource_tracker", None), "_pid", None)
+
+
 def release_helpers() -> None:
     """Stop and reap the resource tracker multiprocessing starts for spawn children.
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from typing import Dict, List, Mapping, Optional
+from typing import AbstractSet, Dict, List, Mapping, Optional
 
 import psutil
 
@@ -11,7 +11,8 @@ from orchestrator.spec import TreeSpec
 
 
 def build_rows(tree: TreeSpec, table: Mapping[str, dict], live: Mapping[int, LiveProcess],
-               root_pid: int, root_state: str, root_started: float) -> List[dict]:
+               root_pid: int, root_state: str, root_started: float,
+               being_repaired: AbstractSet[int] = frozenset()) -> List[dict]:
     """One row per spec node in depth-first spec order, then processes no node claims.
 
     pid/ppid come from the OS snapshot: a pid the root believes in but the OS does
@@ -34,7 +35,17 @@ def build_rows(tree: TreeSpec, table: Mapping[str, dict], live: Mapping[int, Liv
             "state": state, "restarts": entry.get("restarts", 0), "daemon": node.daemon,
             "uptime": round(now - started, 3) if (pid and started) else None,
         })
-    return rows + _helpers(rows, live, now)
+    _mark_drift(rows)
+    return rows + _helpers(rows, live, now, being_repaired)
+
+
+def _mark_drift(rows: List[dict]) -> None:
+    """A node drifts when the OS disagrees with the spec: wrong parent, or gone unnoticed."""
+    pid_of = {row["path"]: row["pid"] for row in rows}
+    for row in rows:
+        parent_pid = pid_of.get(row["parent"]) if row["parent"] is not None else None
+        wrong_parent = row["pid"] is not None and parent_pid is not None and row["ppid"] != parent_pid
+        row["drift"] = wrong_parent or row["state"] == "missing"
 
 
 def _parent(path: str) -> Optional[str]:
@@ -43,8 +54,10 @@ def _parent(path: str) -> Optional[str]:
     return path.rpartition("/")[0]
 
 
-def _helpers(rows: List[dict], live: Mapping[int, LiveProcess], now: float) -> List[dict]:
-    """Descendants that are not nodes: multiprocessing helpers, processes a worker forked."""
+def _helpers(rows: List[dict], live: Mapping[int, LiveProcess], now: float,
+             being_repaired: AbstractSet[int]) -> List[dict]:
+    """Descendants that are not nodes: multiprocessing helpers, processes a worker forked,
+    and orphans the root adopted and is stopping (marked as drift)."""
     path_of: Dict[int, str] = {row["pid"]: row["path"] for row in rows if row["pid"]}
     helpers = []
     for proc in sorted(live.values(), key=lambda p: p.pid):
@@ -53,10 +66,13 @@ def _helpers(rows: List[dict], live: Mapping[int, LiveProcess], now: float) -> L
         parent = path_of.get(proc.ppid)
         path = f"{parent}/~{proc.pid}" if parent else f"~{proc.pid}"
         path_of[proc.pid] = path
+        orphan = proc.pid in being_repaired
         helpers.append({
-            "path": path, "name": _helper_name(proc), "kind": "helper", "parent": parent,
-            "pid": proc.pid, "ppid": proc.ppid, "state": proc.status or "?", "restarts": 0,
+            "path": path, "name": _helper_name(proc), "kind": "orphan" if orphan else "helper",
+            "parent": parent, "pid": proc.pid, "ppid": proc.ppid,
+            "state": "stopping" if orphan else (proc.status or "?"), "restarts": 0,
             "daemon": False, "uptime": round(now - proc.create_time, 3) if proc.create_time else None,
+            "drift": orphan,
         })
     return helpers
 
@@ -92,7 +108,7 @@ def render_text(tree_name: str, rows: List[dict]) -> str:
     header = f"{'NODE':<{width}}  {'PID':>7}  {'PPID':>7}  {'STATE':<10}  {'RESTARTS':>8}  {'UPTIME':>8}  KIND"
     lines = [header]
     for label, row in labels:
-        kind = row["kind"] + (", daemon" if row["daemon"] else "")
+        kind = row["kind"] + (", daemon" if row["daemon"] else "") + (", DRIFT" if row["drift"] else "")
         lines.append(f"{label:<{width}}  {_num(row['pid']):>7}  {_num(row['ppid']):>7}  "
                      f"{row['state']:<10}  {row['restarts']:>8}  {_duration(row['uptime']):>8}  {kind}")
     return "\n".join(lines)

@@ -1,0 +1,138 @@
+"""The root's repair loop: adopt and stop orphans, reap them by pid, evict leftovers of earlier runs.
+
+Node exits are seen at once by each supervisor's pidfds; this covers what they
+cannot see: processes reparented to the root (it is the tree's child subreaper)
+and processes titled as nodes of this tree that are not part of it.
+"""
+from __future__ import annotations
+
+import os
+import signal
+from typing import Callable, Dict, Set
+
+import psutil
+
+from orchestrator import osproc, titles
+from orchestrator.loop import Loop
+from orchestrator.output import log
+
+# Orphans are usually already dead (parent-death signals) or die at SIGTERM;
+# the periodic pass only catches what escaped both, so it can be slow and cheap.
+ORPHAN_CHECK_INTERVAL = 2.0
+LEFTOVER_SCAN_INTERVAL = 30.0
+ORPHAN_STOP_GRACE = 2.0
+LEFTOVER_STOP_GRACE = 5.0
+
+
+class Reconciler:
+    """Runs inside the root's loop; `known_children` names the pids the root started itself."""
+
+    def __init__(self, loop: Loop, tree_name: str, known_children: Callable[[], Set[int]]) -> None:
+        self._loop = loop
+        self._tree = tree_name
+        self._known = known_children
+        self.adopted: Dict[int, float] = {}  # orphan pid -> when we adopted it (its stop began)
+        self.evicting: Dict[int, float] = {}  # leftover pid -> create_time
+        self._stopped = False
+
+    def start(self) -> None:
+        osproc.become_subreaper()
+        self._loop.on_signal(signal.SIGCHLD, self.check_children)
+        self.evict_leftovers()
+        self._loop.call_later(ORPHAN_CHECK_INTERVAL, self._periodic_children)
+        self._loop.call_later(LEFTOVER_SCAN_INTERVAL, self._periodic_leftovers)
+
+    def stop(self) -> None:
+        self._stopped = True
+
+    # ----- orphans reparented to us -------------------------------------------
+
+    def check_children(self) -> None:
+        """Reap dead orphans and adopt live ones, touching only pids we did not start.
+
+        Never waitpid(-1): multiprocessing would lose its own children's status.
+        """
+        known = self._known()
+        for pid in osproc.children_of_self():
+            if pid in known:
+                continue
+            if osproc.reap_if_dead(pid):
+                self.adopted.pop(pid, None)
+            elif pid not in self.adopted:
+                self._adopt(pid)
+
+    def _adopt(self, pid: int) -> None:
+        self.adopted[pid] = self._loop.now()
+        log(f"process {pid} was orphaned inside the tree; stopping it")
+        osproc.send(pid, signal.SIGTERM)
+        self._loop.call_later(ORPHAN_STOP_GRACE, lambda: self._kill_orphan(pid))
+
+    def _kill_orphan(self, pid: int) -> None:
+        if pid in self.adopted:
+            osproc.send(pid, signal.SIGKILL)
+
+    def _periodic_children(self) -> None:
+        if self._stopped:
+            return
+        self.check_children()
+        self._loop.call_later(ORPHAN_CHECK_INTERVAL, self._periodic_children)
+
+    # ----- leftovers of an earlier run -------------------------------------------
+
+    def evict_leftovers(self) -> None:
+        """Stop processes titled as nodes of this tree that are not our descendants."""
+        mine = {proc.pid for proc in _descendants(os.getpid())} | {os.getpid()}
+        for proc in titles.claimants(self._tree):
+            if proc.pid in mine or proc.pid in self.evicting:
+                continue
+            try:
+                created = proc.create_time()
+            except psutil.Error:
+                continue
+            log(f"process {proc.pid} ({' '.join(proc.info['cmdline'] or [])}) claims to be part of "
+                f"tree {self._tree!r} but is not; stopping it")
+            self.evicting[proc.pid] = created
+            _signal_checked(proc.pid, created, signal.SIGTERM)
+            self._loop.call_later(LEFTOVER_STOP_GRACE, lambda pid=proc.pid: self._kill_leftover(pid))
+
+    def _kill_leftover(self, pid: int) -> None:
+        created = self.evicting.pop(pid, None)
+        if created is not None:
+            _signal_checked(pid, created, signal.SIGKILL)
+
+    def _periodic_leftovers(self) -> None:
+        if self._stopped:
+            return
+        self.evict_leftovers()
+        self._loop.call_later(LEFTOVER_SCAN_INTERVAL, self._periodic_leftovers)
+
+    def drifting(self) -> Set[int]:
+        return set(self.adopted) | set(self.evicting)
+
+    def finish(self) -> None:
+        """At exit: nothing adopted may outlive the root."""
+        self._stopped = True
+        for pid in list(self.adopted):
+            osproc.send(pid, signal.SIGKILL)
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+        self.adopted.clear()
+
+
+def _descendants(pid: int):
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _signal_checked(pid: int, create_time: float, signum: int) -> None:
+    """Signal `pid` only if it is still the process we decided about (pids get reused)."""
+    try:
+        proc = psutil.Process(pid)
+        if proc.create_time() == create_time:
+            proc.send_signal(signum)
+    except psutil.Error:
+        pass

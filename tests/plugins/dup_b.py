@@ -1,0 +1,15 @@
+"""Test plugin: provides `dup.same`, as dup_a.py does (a duplicate worker name must name both)."""
+import signal
+
+from orchestrator import hookimpl
+
+
+def same():
+    """Sleep until signalled (version B)."""
+    while True:
+        signal.pause()
+
+
+@hookimpl
+def orch_workers():
+    return {"dup.same": same, "dup.only_b": same}

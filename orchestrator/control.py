@@ -5,6 +5,7 @@ import fcntl
 import json
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
@@ -17,7 +18,7 @@ LOCK_NAME = "lock"
 LOG_NAME = "output.log"
 # A request is one JSON object on one line; anything longer is refused unread.
 MAX_REQUEST = 64 * 1024
-MAX_PENDING_CLIENTS = 64
+MAX_PENDING_CLIENTS = 1024
 # sockaddr_un.sun_path is 108 bytes on Linux, including the terminating NUL.
 MAX_SOCKET_PATH = 107
 
@@ -52,9 +53,7 @@ class RunDir:
         self._lock_fd: Optional[int] = None
 
     def acquire(self) -> None:
-        if len(os.fsencode(self.socket_path)) > MAX_SOCKET_PATH:
-            raise RuntimeFailure(f"control socket path {self.socket_path} is too long for a Unix "
-                                 f"socket; set {ENV_RUN_DIR} to a shorter directory")
+        _check_socket_path(self.socket_path)
         _make_private_dir(self.path)
         fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
@@ -71,13 +70,21 @@ class RunDir:
     def release(self) -> None:
         _unlink_quietly(self.socket_path)
         if self._lock_fd is not None:
-            _unlink_quietly(self.path / LOCK_NAME)
+            # The lock file stays: unlinking it would let a root that opened the old
+            # file and one that creates a new file both hold "the" lock.
+            os.ftruncate(self._lock_fd, 0)
             os.close(self._lock_fd)
             self._lock_fd = None
 
     @property
     def lock_fd(self) -> Optional[int]:
         return self._lock_fd
+
+
+def _check_socket_path(path: Path) -> None:
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        raise RuntimeFailure(f"control socket path {path} is too long for a Unix socket "
+                             f"({MAX_SOCKET_PATH} bytes at most); set {ENV_RUN_DIR} to a shorter directory")
 
 
 def _make_private_dir(path: Path) -> None:
@@ -91,7 +98,7 @@ def _make_private_dir(path: Path) -> None:
 
 def _already_running_message(name: str) -> str:
     try:
-        pid = (tree_dir(name) / LOCK_NAME).read_text().strip()
+        pid = (tree_dir(name) / LOCK_NAME).read_text().strip() or "?"
     except OSError:
         pid = "?"
     return (f"tree {name!r} is already running (root pid {pid}); "
@@ -229,14 +236,15 @@ class NotRunning(RuntimeFailure):
 def request(name: str, command: dict, timeout: float = 10.0) -> dict:
     """Send one request to tree `name` and return its reply; NotRunning if nobody answers."""
     path = tree_dir(name) / SOCKET_NAME
+    _check_socket_path(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
     try:
         try:
-            sock.connect(os.fspath(path))
+            _connect(sock, path, timeout)
         except (FileNotFoundError, ConnectionRefusedError):
             _clean_if_stale(name)
             raise NotRunning(f"tree {name!r} is not running") from None
+        sock.settimeout(timeout)
         sock.sendall(json.dumps(command).encode() + b"\n")
         return json.loads(_read_line(sock))
     except socket.timeout:
@@ -245,6 +253,21 @@ def request(name: str, command: dict, timeout: float = 10.0) -> dict:
         raise RuntimeFailure(f"talking to tree {name!r} failed: {error}") from None
     finally:
         sock.close()
+
+
+def _connect(sock: socket.socket, path: Path, timeout: float) -> None:
+    """Connect, waiting while the root's accept backlog is full (EAGAIN on Unix sockets)."""
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        try:
+            sock.connect(os.fspath(path))
+            return
+        except BlockingIOError:
+            if time.monotonic() + delay > deadline:
+                raise socket.timeout() from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
 
 
 def _read_line(sock: socket.socket) -> bytes:
@@ -268,7 +291,6 @@ def _clean_if_stale(name: str) -> None:
     try:
         if fd is not None:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            _unlink_quietly(directory / LOCK_NAME)
         _unlink_quietly(directory / SOCKET_NAME)
     except BlockingIOError:
         return  # a root holds the lock: it is starting, not stale

@@ -25,7 +25,7 @@ def build_rows(tree: TreeSpec, table: Mapping[str, dict], live: Mapping[int, Liv
             "pid": root_pid, "state": root_state, "restarts": 0, "started_at": root_started}
         pid = entry.get("pid")
         proc = live.get(pid) if pid else None
-        state = entry.get("state", "stopped")
+        state = entry.get("state", "pending")  # not started yet (depth-first start)
         if pid and proc is None:
             state, pid = "missing", None
         started = entry.get("started_at")

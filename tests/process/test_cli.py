@@ -104,7 +104,7 @@ def detached(orch_env):
     for lock in Path(orch_env[control.ENV_RUN_DIR]).glob("*/lock"):
         try:
             proc = psutil.Process(int(lock.read_text().strip()))
-            if "orchestrator" in " ".join(proc.cmdline()):
+            if "orch" in " ".join(proc.cmdline()):
                 roots.append(proc)
         except (ValueError, OSError, psutil.Error):
             continue

@@ -8,12 +8,8 @@ import subprocess
 import sys
 from typing import List, Optional
 
-from orchestrator import __version__
-from orchestrator.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, InvalidInput, RuntimeFailure
-
-
-class UsageError(Exception):
-    """Bad command-line use that argparse cannot see (exit 2)."""
+from orchestrator import __version__, remote
+from orchestrator.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, InvalidInput, RuntimeFailure, UsageError
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -52,14 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     up.set_defaults(func=cmd_up)
 
-    tree = commands.add_parser("tree", help="show the live tree: pids, ppids, states, restarts")
-    tree.add_argument("name", nargs="?", help="tree name (default: every running tree)")
-    tree.add_argument("--json", action="store_true", help="machine-readable list of nodes")
-    tree.set_defaults(func=cmd_tree)
-
-    down = commands.add_parser("down", help="stop a tree; returns when every process is gone")
-    down.add_argument("name", nargs="?", help="tree name (default: the only running tree)")
-    down.set_defaults(func=cmd_down)
+    remote.add_parsers(commands)
 
     validate = commands.add_parser("validate", help="check a tree file and report every problem")
     validate.add_argument("file")
@@ -114,63 +103,6 @@ def _up_detached(file: str, name: str) -> int:
     child.wait()
     reason = detail or f"the root exited with code {child.returncode}; see {run_dir.log_path}"
     raise RuntimeFailure(f"tree {name!r} did not come up: {reason}")
-
-
-# ----- tree / down ------------------------------------------------------------
-
-
-def cmd_tree(args) -> int:
-    from orchestrator import control, view
-
-    names = [args.name] if args.name else control.running_trees()
-    if not names:
-        raise RuntimeFailure("no tree is running")
-    replies = [_ask(name, {"cmd": "tree"}) for name in names]
-    if args.json:
-        nodes = [dict(node, tree=reply["tree"]) for reply in replies for node in reply["nodes"]]
-        print(json.dumps(nodes, indent=2))
-        return EXIT_OK
-    blocks = [f"tree {reply['tree']} ({reply['file']})\n" + view.render_text(reply["tree"], reply["nodes"])
-              for reply in replies]
-    print("\n\n".join(blocks))
-    return EXIT_OK
-
-
-def cmd_down(args) -> int:
-    from orchestrator import livetree
-
-    name = _one_tree(args.name)
-    reply = _ask(name, {"cmd": "down"})
-    budget = reply["stop_budget"] + 5.0
-    alive = livetree.wait_gone(reply["pids"], timeout=budget)
-    if alive:
-        pids = ", ".join(str(pid) for pid in alive)
-        raise RuntimeFailure(f"tree {name!r}: processes still alive after {budget:g}s: {pids}")
-    print(f"orch: tree {name!r} stopped; {len(reply['pids'])} processes gone", file=sys.stderr)
-    return EXIT_OK
-
-
-def _one_tree(name: Optional[str]) -> str:
-    from orchestrator import control
-
-    if name:
-        return name
-    names = control.running_trees()
-    if not names:
-        raise RuntimeFailure("no tree is running")
-    if len(names) > 1:
-        raise UsageError(f"several trees are running ({', '.join(names)}); name one, e.g. "
-                         f"`orch down {names[0]}`")
-    return names[0]
-
-
-def _ask(name: str, command: dict) -> dict:
-    from orchestrator import control
-
-    reply = control.request(name, command)
-    if not reply.get("ok"):
-        raise RuntimeFailure(f"tree {name!r}: {reply.get('error', 'request failed')}")
-    return reply
 
 
 # ----- validate / plugins -------------------------------------------------------

@@ -38,3 +38,7 @@ class InvalidInput(Exception):
 
 class RuntimeFailure(Exception):
     """A failure of the running system (exit code 1), with a one-line message."""
+
+
+class UsageError(Exception):
+    """Bad command-line use that argparse cannot see (exit 2)."""

@@ -8,15 +8,18 @@ from typing import Dict, Optional, Set
 
 from orchestrator import livetree, osproc, spawn, titles, view
 from orchestrator.control import ControlServer, RunDir
-from orchestrator.errors import EXIT_FAILURE
+from orchestrator.errors import EXIT_FAILURE, InvalidInput
 from orchestrator.loop import Loop
 from orchestrator.output import log
+from orchestrator.plan import plan_tree
 from orchestrator.reconcile import Reconciler
 from orchestrator.spec import TreeContext, TreeSpec
 from orchestrator.supervisor import Supervisor
+from orchestrator.validate import load_tree
 
 LIVE_STATES = ("starting", "running", "stopping")
-COMMANDS = ("ping", "tree", "down")
+COMMANDS = ("ping", "tree", "down", "diff", "reload", "restart", "stop", "start")
+NODE_COMMANDS = ("restart", "stop", "start")
 
 
 def notify(ready_fd: Optional[int], line: str) -> None:
@@ -43,10 +46,13 @@ class Root:
         self._ready_fd = ready_fd
         self._server: Optional[ControlServer] = None
         self.reconciler = Reconciler(self.loop, tree.name, self._known_children)
+        self.file = os.path.abspath(tree.file)  # SIGHUP re-reads it, whatever our cwd becomes
+        self.held: frozenset = frozenset()  # paths kept stopped by `orch stop`
+        self.supervisor.on_hangup = self._reload_from_file
 
     def _known_children(self) -> Set[int]:
         """Our own children: node processes and multiprocessing's resource tracker."""
-        pids = {slot.running.pid for slot in self.supervisor.slots if slot.running is not None}
+        pids = set(self.supervisor.child_pids())
         tracker = spawn.tracker_pid()
         return pids | ({tracker} if tracker else set())
 
@@ -115,7 +121,8 @@ class Root:
     def handle(self, request: dict) -> dict:
         command = request["cmd"]
         if command == "ping":
-            return {"ok": True, "tree": self.tree.name, "pid": os.getpid(), "file": self.tree.file}
+            return {"ok": True, "tree": self.tree.name, "pid": os.getpid(), "file": self.tree.file,
+                    "stop_budget": self.tree.root.stop_budget()}
         if command == "tree":
             return {"ok": True, "tree": self.tree.name, "file": self.tree.file, "nodes": self.rows()}
         if command == "down":
@@ -123,10 +130,71 @@ class Root:
             self.loop.call_later(0, self.supervisor.shutdown)
             return {"ok": True, "pid": os.getpid(), "pids": pids,
                     "stop_budget": self.tree.root.stop_budget()}
+        if command in ("diff", "reload"):
+            return self._diff_or_reload(request, apply=command == "reload")
+        if command in NODE_COMMANDS:
+            return self._node_command(command, request.get("path"))
         return {"ok": False, "error": f"unknown command {command!r}; known: {', '.join(COMMANDS)}"}
+
+    # ----- declarative apply ----------------------------------------------
+
+    def _diff_or_reload(self, request: dict, apply: bool) -> dict:
+        file = request.get("file") or self.file
+        if not isinstance(file, str):
+            return {"ok": False, "error": "'file' must be a path"}
+        try:
+            new = load_tree(file)
+        except InvalidInput as error:
+            return {"ok": False, "error": "the tree file is invalid; nothing was changed",
+                    "problems": [str(problem) for problem in error.problems]}
+        if new.name != self.tree.name:
+            return {"ok": False, "error": f"{file} describes tree {new.name!r}, but this is "
+                                          f"tree {self.tree.name!r}; nothing was changed"}
+        changes, unchanged = plan_tree(self.tree.root, new.root)
+        reply = {"ok": True, "tree": new.name, "unchanged": unchanged,
+                 "changes": [{"op": c.op, "path": c.path, "keys": list(c.keys)} for c in changes]}
+        if apply:
+            self._apply(new)
+        return reply
+
+    def _apply(self, new: TreeSpec) -> None:
+        log(f"reloading tree {new.name!r} from {new.file}")
+        self.tree = new
+        paths = {node.path for node in new.nodes()}
+        self.held = frozenset(path for path in self.held if path in paths)
+        for path in [path for path in self.table if path not in paths]:
+            del self.table[path]
+        self._send_spec()
+
+    def _send_spec(self) -> None:
+        """Hand the root supervisor the effective spec: the file's, plus our holds."""
+        effective = self.tree.with_holds(self.held)
+        self.supervisor.command(("apply", effective.root, TreeContext.of(effective)))
+
+    def _reload_from_file(self) -> None:
+        reply = self._diff_or_reload({"file": self.file}, apply=True)
+        if not reply["ok"]:
+            log(f"reload on SIGHUP refused: {reply['error']}")
+            for problem in reply.get("problems", []):
+                log(problem)
+
+    def _node_command(self, command: str, path) -> dict:
+        if not isinstance(path, str) or not path:
+            return {"ok": False, "error": f"{command} needs a node path, like 'pipeline/reader' "
+                                          "(the root is stopped with `orch down`)"}
+        if self.tree.find(path) is None:
+            known = ", ".join(node.path for node in self.tree.nodes() if node.path)
+            return {"ok": False, "error": f"no node {path!r} in tree {self.tree.name!r}; "
+                                          f"nodes: {known}"}
+        if command == "restart":
+            self.supervisor.command((command, path))
+        else:
+            self.held = self.held | {path} if command == "stop" else self.held - {path}
+            self._send_spec()
+        return {"ok": True, "tree": self.tree.name, "path": path}
 
     def rows(self):
         state = "stopping" if self.supervisor.stopping else "running"
         live = livetree.snapshot(os.getpid())
-        return view.build_rows(self.tree, self.table, live, os.getpid(), state, self.started_at,
+        return view.build_rows(self.tree.with_holds(self.held), self.table, live, os.getpid(), state, self.started_at,
                                self.reconciler.drifting())

@@ -76,6 +76,8 @@ class NodeSpec:
     strategy: Strategy = DEFAULT_STRATEGY
     intensity: Intensity = DEFAULT_INTENSITY
     backoff: Backoff = DEFAULT_BACKOFF
+    replicas: Optional[int] = None  # set on each `name#i` instance of a replicated worker
+    held: bool = False  # stopped by `orch stop`; set by the root, never by the file
 
     @property
     def is_supervisor(self) -> bool:
@@ -118,11 +120,20 @@ class TreeSpec:
     def nodes(self) -> Iterator[NodeSpec]:
         return self.root.walk()
 
+    def with_holds(self, held: "frozenset[str]") -> "TreeSpec":
+        """This tree with the nodes at `held` paths marked held (kept stopped)."""
+        return attrs.evolve(self, root=_hold(self.root, held))
+
     def find(self, path: str) -> Optional[NodeSpec]:
         for node in self.nodes():
             if node.path == path:
                 return node
         return None
+
+
+def _hold(node: NodeSpec, held: "frozenset[str]") -> NodeSpec:
+    children = tuple(_hold(child, held) for child in node.children)
+    return attrs.evolve(node, children=children, held=node.path in held)
 
 
 @attrs.frozen

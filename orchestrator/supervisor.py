@@ -6,7 +6,7 @@ import os
 import signal
 import time
 from multiprocessing.connection import Connection
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import attrs
 
@@ -15,6 +15,7 @@ from orchestrator.child import EXIT_BOOT_FAILED
 from orchestrator.intensity import RestartWindow, backoff_delay
 from orchestrator.loop import Loop, Timer
 from orchestrator.output import OutputRelay, log
+from orchestrator.plan import plan_level
 from orchestrator.spec import NodeSpec, Restart, Strategy, TreeContext
 from orchestrator.start import StartSequence
 from orchestrator.stop import StopSequence
@@ -47,7 +48,7 @@ class Slot:
     @property
     def settled(self) -> bool:
         if self.running is None:
-            return self.state in SETTLED_STATES
+            return self.spec.held or self.state in SETTLED_STATES
         return self.ready or not self.spec.is_supervisor
 
 
@@ -79,6 +80,9 @@ class Supervisor:
         self._sequence: Optional[StopSequence] = None  # restart round or shutdown
         self._starting: Optional[StartSequence] = None
         self._delayed: Optional[Timer] = None  # a backed-off restart round, not yet begun
+        self._queued: List[Callable[[], None]] = []  # commands and reloads waiting for idle
+        self._retiring: List[Slot] = []  # removed by a reload, stopping; reaped before we exit
+        self.on_hangup: Optional[Callable[[], None]] = None  # the root reloads on SIGHUP
         self._pending: List[Tuple[Slot, int]] = []  # failures seen while busy
         self._ready_sent = False
 
@@ -87,12 +91,18 @@ class Supervisor:
     def run(self) -> int:
         for signum in osproc.HANDLED_SIGNALS:
             self.loop.on_signal(signum, self._on_stop_signal)
+        if self.on_hangup is not None:
+            self.loop.on_signal(signal.SIGHUP, self.on_hangup)
         self.loop.on_signal(osproc.KILL_SUBTREE, self.abandon)
         osproc.unblock_handled_signals()
         self.uplink.attach(self)
-        self._start_in_order(self.slots)
+        self._start_in_order([slot for slot in self.slots if not slot.spec.held])
         self.loop.run()
         return self.exit_code
+
+    def child_pids(self) -> List[int]:
+        """Pids of our node processes, those being retired by a reload included."""
+        return [slot.running.pid for slot in self.slots + self._retiring if slot.running is not None]
 
     def _on_stop_signal(self) -> None:
         if self.parent_pid is not None and os.getppid() != self.parent_pid:
@@ -134,7 +144,8 @@ class Supervisor:
             self._delayed = None
         if self._sequence is not None:
             self._sequence.cancel()
-        self._run_sequence(list(reversed(self.slots)), self._finish)
+        self._queued.clear()
+        self._run_sequence(list(reversed(self.slots)) + self._retiring, self._finish)
 
     def _finish(self) -> None:
         self._sequence = None
@@ -151,8 +162,10 @@ class Supervisor:
         self._check_ready()
         pending, self._pending = self._pending, []
         for slot, code in pending:
-            if slot.running is None and slot.retry is None:
+            if slot.running is None and slot.retry is None and not slot.spec.held:
                 self._on_failure(slot, code)
+        if self._queued and not self._busy() and not self.stopping:
+            self._queued.pop(0)()
 
     def _busy(self) -> bool:
         return self._sequence is not None or self._starting is not None or self._delayed is not None
@@ -216,7 +229,10 @@ class Supervisor:
         # Sequences hear of the exit after the slot's state is settled: finishing
         # one may start this very slot again.
         sequences = [seq for seq in (self._sequence, self._starting) if seq is not None]
-        if expected or self.stopping:
+        retired = slot in self._retiring
+        if retired:
+            self._retiring.remove(slot)
+        if expected or self.stopping or slot.spec.held or retired:
             slot.state = "stopped"
             self._emit(slot)
         else:
@@ -295,7 +311,8 @@ class Supervisor:
 
     def _finish_round(self, to_start: List[Slot]) -> None:
         self._sequence = None
-        to_start = [slot for slot in to_start if slot.running is None and slot.retry is None]
+        to_start = [slot for slot in to_start
+                    if slot.running is None and slot.retry is None and not slot.spec.held]
         for slot in to_start:
             slot.restarts += 1
         self._start_in_order(to_start)
@@ -309,6 +326,93 @@ class Supervisor:
         self.gave_up = reason
         self.uplink.gave_up(self.node.path, reason)
         self.shutdown(exit_code=1)
+
+    # ----- commands and reloads (from the root, down the pipes) ---------------
+
+    def command(self, message: tuple) -> None:
+        """Run a command for a node in this subtree, or pass it down to the supervisor owning it."""
+        kind, path = message[0], message[1]
+        if kind == "apply":
+            self._when_idle(lambda: self.apply(message[1], message[2]))
+            return
+        parent, _, name = path.rpartition("/")
+        if parent == self.node.path:
+            slot = next((slot for slot in self.slots if slot.spec.name == name), None)
+            if slot is not None:
+                self._when_idle(lambda: self._node_command(kind, slot))
+            return
+        for slot in self.slots:
+            if slot.running is not None and slot.running.uplink is not None \
+                    and path.startswith(slot.spec.path + "/"):
+                self._send_down(slot, message)
+                return
+
+    def _when_idle(self, action: Callable[[], None]) -> None:
+        if self.stopping:
+            return
+        if self._busy():
+            self._queued.append(action)
+        else:
+            action()
+
+    def _node_command(self, kind: str, slot: Slot) -> None:
+        """Restart one child; orch causes this stop, so it never counts as a failure.
+
+        (`orch stop`/`orch start` arrive as an `apply` with the node's `held` flag.)
+        """
+        if kind == "restart" and not slot.spec.held:
+            self._cancel_retry(slot)
+            slot.restarts += 1
+            self._operate(stop=[slot], start=[slot])
+
+    def _operate(self, stop: List[Slot], start: List[Slot]) -> None:
+        def then_start() -> None:
+            self._sequence = None
+            self._start_in_order([slot for slot in start if slot.running is None and not slot.spec.held])
+        self._run_sequence(stop, then_start)
+
+    def apply(self, node: NodeSpec, tree: TreeContext) -> None:
+        """Go from the current spec to `node` touching only what changed (see plan.py)."""
+        level = plan_level(self.node, node)
+        self.node, self.tree = node, tree
+        self.window.intensity = node.intensity
+        old_slots = {slot.spec.name: slot for slot in self.slots}
+        slots, held, released = [], [], []
+        for child in node.children:
+            slot = old_slots.get(child.name)
+            if child.name in level.keep:
+                (held if child.held and not slot.spec.held else
+                 released if slot.spec.held and not child.held else []).append(slot)
+                self._update_in_place(slot, child)
+            else:
+                slot = Slot(child, restarts=slot.restarts + 1 if slot else 0)
+            slots.append(slot)
+        going = [old_slots[name] for name in level.remove + level.replace]
+        for slot in going + held:
+            self._cancel_retry(slot)
+        self._retiring += [slot for slot in going if slot.running is not None]
+        self.slots = slots
+        fresh = [slot for slot in slots if slot.spec.name in level.add + level.replace] + released
+        order = self._old_order(old_slots)
+        self._operate(stop=sorted(going + held, key=order, reverse=True),
+                      start=[slot for slot in slots if slot in fresh])
+
+    @staticmethod
+    def _old_order(old_slots):
+        order = {id(slot): index for index, slot in enumerate(old_slots.values())}
+        return lambda slot: order[id(slot)]
+
+    def _update_in_place(self, slot: Slot, spec: NodeSpec) -> None:
+        changed = slot.spec != spec
+        slot.spec = spec
+        if changed and spec.is_supervisor and slot.running is not None:
+            self._send_down(slot, ("apply", spec, self.tree))
+
+    def _send_down(self, slot: Slot, message: tuple) -> None:
+        try:
+            slot.running.uplink.send(message)
+        except OSError:
+            pass  # it is exiting; its exit is handled like any other
 
     # ----- messages from supervisor children -------------------------------
 

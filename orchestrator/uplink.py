@@ -35,11 +35,13 @@ class PipeUplink:
 
     def _on_readable(self) -> None:
         try:
-            self._conn.recv()
+            message = self._conn.recv()
         except (EOFError, OSError):
             # The parent is gone (the parent-death signal usually beats this).
             self._loop.remove_reader(self._conn.fileno())
             self._supervisor.abandon()
+            return
+        self._supervisor.command(message)
 
     def node_event(self, path, pid, state, restarts, started_at) -> None:
         self._send(("node", path, pid, state, restarts, started_at))

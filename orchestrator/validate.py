@@ -30,7 +30,7 @@ MAX_DEPTH = 32
 _MODULE = re.compile(r"[^\W\d]\w*(\.[^\W\d]\w*)*")
 _COMMON_KEYS = frozenset({"name", "restart", "daemon", "stop_timeout", "description", "backoff", "backoff_max"})
 _SUPERVISOR_ONLY = frozenset({"children", "strategy", "max_restarts", "within"})
-_WORKER_ONLY = frozenset({"worker", "args"})
+_WORKER_ONLY = frozenset({"worker", "args", "replicas"})
 _ROOT_ONLY = frozenset({"start_method", "plugins"})
 _ROOT_KEYS = _ROOT_ONLY | _SUPERVISOR_ONLY | {"name", "stop_timeout", "description"}
 _ALLOWED = {
@@ -213,8 +213,9 @@ class _Validator:
                 continue
             child = at.child(index, item)
             self._check_duplicate(item, child, first_lines)
-            nodes.append(self._node(item, child, self._kind(item, child)))
-        return tuple(node for node in nodes if node is not None)
+            node = self._node(item, child, self._kind(item, child))
+            nodes += _instances(node) if node is not None else []
+        return tuple(nodes)
 
     def _check_duplicate(self, item: Mapping[str, Any], at: _At, first_lines: Dict[str, Any]) -> None:
         name = item.get("name")
@@ -288,11 +289,24 @@ def _make_node(path: str, values: Mapping[str, Any], children: Tuple[NodeSpec, .
         stop_timeout=values.get("stop_timeout"),
         strategy=values.get("strategy", DEFAULT_STRATEGY),
         intensity=intensity,
+        replicas=values.get("replicas"),
         backoff=Backoff(
             initial=values.get("backoff", DEFAULT_BACKOFF.initial),
             cap=values.get("backoff_max", DEFAULT_BACKOFF.cap),
         ),
     )
+
+
+def _instances(node: NodeSpec) -> List[NodeSpec]:
+    """A worker with `replicas = N` runs as N siblings `name#0` .. `name#N-1`.
+
+    Expanding here makes replicas ordinary nodes: a reload that changes N adds or
+    removes only the instances past the smaller count.
+    """
+    if node.replicas is None:
+        return [node]
+    return [attrs.evolve(node, name=f"{node.name}#{index}", path=f"{node.path}#{index}")
+            for index in range(node.replicas)]
 
 
 def _key_message(key: str, kind: Optional[str], allowed: frozenset) -> str:

@@ -117,6 +117,14 @@ def _max_restarts(key: str, value: Any) -> int:
     return value
 
 
+def _replicas(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise Bad(f"{key!r} must be a whole number of instances, got {describe(value)}")
+    if not 0 <= value <= 10000:
+        raise Bad(f"{key!r} must be between 0 and 10000, got {value}")
+    return value
+
+
 def _choice(enum_cls: Any) -> Callable[[str, Any], Any]:
     valid = [member.value for member in enum_cls]
 
@@ -146,6 +154,7 @@ CHECKS: Dict[str, Callable[[str, Any], Any]] = {
     "daemon": _bool,
     "stop_timeout": _non_negative_seconds,
     "backoff": _non_negative_seconds,
+    "replicas": _replicas,
     "backoff_max": _non_negative_seconds,
     "strategy": _choice(Strategy),
     "max_restarts": _max_restarts,

@@ -33,6 +33,7 @@ def build_rows(tree: TreeSpec, table: Mapping[str, dict], live: Mapping[int, Liv
             "path": node.path, "name": node.name if node.path else tree.name, "kind": node.kind,
             "parent": _parent(node.path), "pid": pid, "ppid": proc.ppid if proc else None,
             "state": state, "restarts": entry.get("restarts", 0), "daemon": node.daemon,
+            "held": node.held,
             "uptime": round(now - started, 3) if (pid and started) else None,
         })
     _mark_drift(rows)
@@ -108,7 +109,8 @@ def render_text(tree_name: str, rows: List[dict]) -> str:
     header = f"{'NODE':<{width}}  {'PID':>7}  {'PPID':>7}  {'STATE':<10}  {'RESTARTS':>8}  {'UPTIME':>8}  KIND"
     lines = [header]
     for label, row in labels:
-        kind = row["kind"] + (", daemon" if row["daemon"] else "") + (", DRIFT" if row["drift"] else "")
+        flags = [flag for flag in ("daemon", "held", "drift") if row.get(flag)]
+        kind = ", ".join([row["kind"]] + [flag.upper() if flag == "drift" else flag for flag in flags])
         lines.append(f"{label:<{width}}  {_num(row['pid']):>7}  {_num(row['ppid']):>7}  "
                      f"{row['state']:<10}  {row['restarts']:>8}  {_duration(row['uptime']):>8}  {kind}")
     return "\n".join(lines)

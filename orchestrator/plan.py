@@ -1,0 +1,84 @@
+"""Pure reload planning: compare two specs by node name, level by level (circus-style diff)."""
+from __future__ import annotations
+
+from typing import Dict, List, Tuple
+
+import attrs
+
+from orchestrator.spec import NodeSpec
+
+# Keys whose change needs a new process: the code it runs. Everything else is read
+# by the supervisor when it acts (restart rule, stop budget, intensity...) and is
+# applied in place, keeping the pid.
+RESTART_KEYS = ("worker", "args")
+LIVE_KEYS = ("restart", "daemon", "stop_timeout", "backoff", "strategy", "intensity")
+# `held` (orch stop/start) is live too, but it is the root's, not the file's: the
+# root compares file specs for `orch diff`, and supervisors act on it in apply().
+
+
+@attrs.frozen
+class LevelPlan:
+    """What one supervisor does with its own children to go from old to new."""
+
+    remove: Tuple[str, ...]  # names, in old spec order (stopped in reverse)
+    replace: Tuple[str, ...]  # stopped and started again with the new spec
+    add: Tuple[str, ...]  # names, in new spec order
+    keep: Tuple[str, ...]  # same process; spec updated in place (maybe recursively)
+
+    @property
+    def disruptive(self) -> bool:
+        return bool(self.remove or self.replace)
+
+
+def changed_keys(old: NodeSpec, new: NodeSpec) -> Tuple[str, ...]:
+    """The node's own keys that differ (children are compared separately)."""
+    keys = []
+    if old.is_supervisor != new.is_supervisor:
+        keys.append("kind")
+    keys += [key for key in RESTART_KEYS + LIVE_KEYS if getattr(old, key) != getattr(new, key)]
+    return tuple(keys)
+
+
+def needs_new_process(old: NodeSpec, new: NodeSpec) -> bool:
+    return any(key in ("kind",) + RESTART_KEYS for key in changed_keys(old, new))
+
+
+def plan_level(old: NodeSpec, new: NodeSpec) -> LevelPlan:
+    olds = {child.name: child for child in old.children}
+    news = {child.name: child for child in new.children}
+    remove = tuple(name for name in olds if name not in news)
+    add = tuple(name for name in news if name not in olds)
+    both = [name for name in news if name in olds]
+    replace = tuple(name for name in both if needs_new_process(olds[name], news[name]))
+    keep = tuple(name for name in both if name not in replace)
+    return LevelPlan(remove=remove, replace=replace, add=add, keep=keep)
+
+
+@attrs.frozen
+class Change:
+    op: str  # add | remove | restart | update
+    path: str
+    keys: Tuple[str, ...] = ()
+
+
+def plan_tree(old: NodeSpec, new: NodeSpec) -> Tuple[List[Change], int]:
+    """Every change from `old` to `new`, depth first, and how many nodes stay untouched."""
+    changes: List[Change] = []
+    own = changed_keys(old, new)
+    if own:
+        changes.append(Change("update", new.path, own))
+    unchanged = 0 if own else 1
+    level = plan_level(old, new)
+    olds: Dict[str, NodeSpec] = {child.name: child for child in old.children}
+    for name in level.remove:
+        changes.append(Change("remove", olds[name].path))
+    for child in new.children:
+        if child.name in level.add:
+            changes.append(Change("add", child.path))
+        elif child.name in level.replace:
+            changes.append(Change("restart", child.path, changed_keys(olds[child.name], child)))
+        else:
+            below, count = plan_tree(olds[child.name], child)
+            changes += below
+            unchanged += count
+    return changes, unchanged

@@ -1,0 +1,185 @@
+"""CLI commands that talk to a running tree over its control socket: tree, down, diff, reload, restart/stop/start."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Callable, List, Optional
+
+from orchestrator import control, livetree, view
+from orchestrator.errors import EXIT_FAILURE, EXIT_OK, InvalidInput, Problem, RuntimeFailure, UsageError
+
+# States a node passes through on its way somewhere; a reload or command is done
+# when no node is in one of them.
+TRANSITIONAL = ("pending", "starting", "stopping", "restarting")
+WAIT_SLACK = 10.0
+
+
+def add_parsers(commands) -> None:
+    tree = commands.add_parser("tree", help="show the live tree: pids, ppids, states, restarts")
+    tree.add_argument("name", nargs="?", help="tree name (default: every running tree)")
+    tree.add_argument("--json", action="store_true", help="machine-readable list of nodes")
+    tree.set_defaults(func=cmd_tree)
+
+    down = commands.add_parser("down", help="stop a tree; returns when every process is gone")
+    down.add_argument("name", nargs="?", help="tree name (default: the only running tree)")
+    down.set_defaults(func=cmd_down)
+
+    for name, text in (("diff", "show what `orch reload FILE` would change"),
+                       ("reload", "apply an edited tree file, touching only what changed")):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("file", help="the edited tree file (names the running tree)")
+        sub.add_argument("--json", action="store_true", help="the plan as JSON")
+        sub.set_defaults(func=cmd_reload if name == "reload" else cmd_diff)
+
+    for name, text in (("restart", "restart one node (a supervisor restarts its subtree)"),
+                       ("stop", "stop one node and keep it stopped until `orch start`"),
+                       ("start", "start a node stopped with `orch stop`")):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("path", help="node path, e.g. pipeline/reader")
+        sub.add_argument("--tree", "-t", dest="name", help="tree name (default: the only running tree)")
+        sub.set_defaults(func=cmd_node)
+
+
+# ----- tree / down ------------------------------------------------------------
+
+
+def cmd_tree(args) -> int:
+    names = [args.name] if args.name else control.running_trees()
+    if not names:
+        raise RuntimeFailure("no tree is running")
+    replies = [ask(name, {"cmd": "tree"}) for name in names]
+    if args.json:
+        nodes = [dict(node, tree=reply["tree"]) for reply in replies for node in reply["nodes"]]
+        print(json.dumps(nodes, indent=2))
+        return EXIT_OK
+    blocks = [f"tree {reply['tree']} ({reply['file']})\n" + view.render_text(reply["tree"], reply["nodes"])
+              for reply in replies]
+    print("\n\n".join(blocks))
+    return EXIT_OK
+
+
+def cmd_down(args) -> int:
+    name = one_tree(args.name)
+    reply = ask(name, {"cmd": "down"})
+    budget = reply["stop_budget"] + 5.0
+    alive = livetree.wait_gone(reply["pids"], timeout=budget)
+    if alive:
+        pids = ", ".join(str(pid) for pid in alive)
+        raise RuntimeFailure(f"tree {name!r}: processes still alive after {budget:g}s: {pids}")
+    print(f"orch: tree {name!r} stopped; {len(reply['pids'])} processes gone", file=sys.stderr)
+    return EXIT_OK
+
+
+# ----- diff / reload ------------------------------------------------------------
+
+
+def cmd_diff(args) -> int:
+    reply = _plan(args, "diff")
+    _print_plan(reply, args.json, applied=False)
+    return EXIT_OK
+
+
+def cmd_reload(args) -> int:
+    reply = _plan(args, "reload")
+    _print_plan(reply, args.json, applied=True)
+    nodes = _wait_settled(reply["tree"], lambda nodes: True)
+    failing = [node for node in nodes if node["kind"] != "helper" and node["state"] not in ("running", "stopped")]
+    if failing:
+        listing = ", ".join(f"{node['path']} ({node['state']})" for node in failing)
+        raise RuntimeFailure(f"reload applied, but not everything runs: {listing}; "
+                             f"see `orch tree {reply['tree']}`, fix the file and reload again")
+    return EXIT_OK
+
+
+def _plan(args, command: str) -> dict:
+    from orchestrator.validate import load_tree
+
+    tree = load_tree(args.file)  # every problem reported here, before the root is asked
+    reply = control.request(tree.name, {"cmd": command, "file": os.path.abspath(args.file)})
+    if reply.get("problems"):
+        raise InvalidInput(Problem(args.file, None, None, line) for line in reply["problems"])
+    if not reply.get("ok"):
+        raise RuntimeFailure(f"tree {tree.name!r}: {reply.get('error', 'request failed')}")
+    return reply
+
+
+def _print_plan(reply: dict, as_json: bool, applied: bool) -> None:
+    if as_json:
+        print(json.dumps({"changes": reply["changes"], "unchanged": reply["unchanged"]}, indent=2))
+        return
+    signs = {"add": "+", "remove": "-", "restart": "~", "update": "="}
+    for change in reply["changes"]:
+        keys = f" ({', '.join(change['keys'])})" if change["keys"] else ""
+        live = " in place" if change["op"] == "update" else ""
+        print(f"{signs[change['op']]} {change['op']:<8}{change['path'] or '(root)'}{keys}{live}")
+    verb = "applied" if applied else "planned"
+    print(f"{len(reply['changes'])} changes {verb}; {reply['unchanged']} nodes unchanged")
+
+
+# ----- restart / stop / start ------------------------------------------------------
+
+
+def cmd_node(args) -> int:
+    name = one_tree(args.name)
+    nodes = ask(name, {"cmd": "tree"})["nodes"]
+    paths = [node["path"] for node in nodes if node["kind"] in ("supervisor", "worker") and node["path"]]
+    if args.path not in paths:
+        raise UsageError(f"no node {args.path!r} in tree {name!r}; nodes: {', '.join(paths)}")
+    before = _node(nodes, args.path)
+    ask(name, {"cmd": args.command, "path": args.path})
+    wanted = {
+        "stop": lambda node: node["state"] == "stopped" and node["pid"] is None,
+        "start": lambda node: node["state"] == "running",
+        "restart": lambda node: node["state"] == "running" and node["pid"] != before["pid"],
+    }[args.command]
+    nodes = _wait_settled(name, lambda nodes: wanted(_node(nodes, args.path)))
+    node = _node(nodes, args.path)
+    print(f"orch: {name}/{args.path}: {node['state']}" + (f" (pid {node['pid']})" if node["pid"] else ""),
+          file=sys.stderr)
+    return EXIT_OK if wanted(node) else EXIT_FAILURE
+
+
+def _node(nodes: List[dict], path: str) -> dict:
+    for node in nodes:
+        if node["path"] == path:
+            return node
+    raise RuntimeFailure(f"node {path!r} is gone from the tree")
+
+
+def _wait_settled(name: str, done: Callable[[List[dict]], bool], timeout: Optional[float] = None) -> List[dict]:
+    """Poll the tree until no node is in transit and `done` holds (this is the CLI, not a loop)."""
+    deadline = time.monotonic() + (timeout or _budget(name))
+    while True:
+        nodes = ask(name, {"cmd": "tree"})["nodes"]
+        settled = not any(node["state"] in TRANSITIONAL for node in nodes if node["kind"] != "helper")
+        if (settled and done(nodes)) or time.monotonic() > deadline:
+            return nodes
+        time.sleep(0.02)
+
+
+def _budget(name: str) -> float:
+    return ask(name, {"cmd": "ping"}).get("stop_budget", 30.0) + WAIT_SLACK
+
+
+# ----- helpers ------------------------------------------------------------------------
+
+
+def one_tree(name: Optional[str]) -> str:
+    if name:
+        return name
+    names = control.running_trees()
+    if not names:
+        raise RuntimeFailure("no tree is running")
+    if len(names) > 1:
+        raise UsageError(f"several trees are running ({', '.join(names)}); name one, e.g. "
+                         f"`--tree {names[0]}` or `orch down {names[0]}`")
+    return names[0]
+
+
+def ask(name: str, command: dict) -> dict:
+    reply = control.request(name, command)
+    if not reply.get("ok"):
+        raise RuntimeFailure(f"tree {name!r}: {reply.get('error', 'request failed')}")
+    return reply

@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
-FIGURES = ["bringup_s", "restart_p50_s", "restart_p95_s", "restart_max_s", "storm_s", "idle_cpu_pct",
+FIGURES = ["bringup_s", "restart_p50_s", "restart_p95_s", "restart_max_s", "restart_kills", "storm_s", "idle_cpu_pct",
            "manager_rss_mib", "managers_rss_mib", "tree_uss_mib", "leaf_uss_mib", "teardown_s", "orphans"]
 
 

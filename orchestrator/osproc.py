@@ -74,20 +74,32 @@ def open_exit_fd(pid: int, fallback_sentinel: int) -> tuple[int, bool]:
         return fallback_sentinel, False
 
 
+# closerange() is one close_range(2) call on Linux whatever the span, so there is
+# no need to list /proc/self/fd first (that listing made bring-up quadratic).
+_FD_CEILING = 2**31 - 1
+
+
 def close_fds_except(keep: Iterable[int]) -> None:
     """Close every fd above stderr except `keep` (fork children inherit them all)."""
     start = 3
-    for fd in sorted(set(keep)) + [_max_fd()]:
+    for fd in sorted(set(keep)) + [_FD_CEILING]:
         if fd >= start:
             os.closerange(start, fd)
             start = fd + 1
 
 
-def _max_fd() -> int:
+def ensure_fd_limit(needed: int) -> None:
+    """Raise the soft fd limit towards the hard one when `needed` fds would not fit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if needed <= soft:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
     try:
-        return max(int(name) for name in os.listdir("/proc/self/fd")) + 1
-    except (OSError, ValueError):
-        return os.sysconf("SC_OPEN_MAX")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):
+        pass
 
 
 @contextlib.contextmanager

@@ -1,6 +1,7 @@
 """Parent side of a node process: start it with multiprocessing, watch it, reap it."""
 from __future__ import annotations
 
+import multiprocessing.process
 import os
 import time
 from multiprocessing.connection import Connection
@@ -46,6 +47,13 @@ def start_node(mp_context, tree: TreeContext, node: NodeSpec) -> Running:
         raise
     theirs.close()
     exit_fd, owns = osproc.open_exit_fd(process.pid, process.sentinel)
+    if owns:
+        # The pidfd watches the exit, so multiprocessing's sentinel pipe (two fds
+        # per child) is dead weight; its finalizer closes it (join() never uses it).
+        process._popen.finalizer()
+    # We reap it ourselves; left in this set, every later start() would poll all
+    # N children (multiprocessing's _cleanup), making bring-up quadratic.
+    multiprocessing.process._children.discard(process)
     if output_fd is not None:
         os.set_blocking(output_fd, False)
     return Running(process, process.pid, exit_fd, owns, output_fd, ours)

@@ -1,6 +1,7 @@
 """The per-supervisor event loop: start children, notice exits, restart by strategy, stop."""
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import signal
@@ -89,6 +90,11 @@ class Supervisor:
     # ----- lifecycle -------------------------------------------------------
 
     def run(self) -> int:
+        # Two fds per child (exit fd, output pipe) plus headroom for the control plane.
+        osproc.ensure_fd_limit(2 * len(self.slots) + 256)
+        # Objects that exist now are never collected in children, so the GC does not
+        # touch (and copy) the pages every forked child shares with us.
+        gc.freeze()
         for signum in osproc.HANDLED_SIGNALS:
             self.loop.on_signal(signum, self._on_stop_signal)
         if self.on_hangup is not None:

@@ -36,11 +36,23 @@ def changed_keys(old: NodeSpec, new: NodeSpec) -> Tuple[str, ...]:
     if old.is_supervisor != new.is_supervisor:
         keys.append("kind")
     keys += [key for key in RESTART_KEYS + LIVE_KEYS if getattr(old, key) != getattr(new, key)]
-    return tuple(keys)
+    return tuple(word for key in keys for word in _file_words(key, old, new))
+
+
+def _file_words(key: str, old: NodeSpec, new: NodeSpec) -> Tuple[str, ...]:
+    """Name a change with the keys users write in the tree file."""
+    if key == "intensity":
+        pairs = (("max_restarts", "max_restarts"), ("within", "within"))
+        return tuple(word for word, attr in pairs if getattr(old.intensity, attr) != getattr(new.intensity, attr))
+    if key == "backoff":
+        pairs = (("backoff", "initial"), ("backoff_max", "cap"))
+        return tuple(word for word, attr in pairs if getattr(old.backoff, attr) != getattr(new.backoff, attr))
+    return (key,)
 
 
 def needs_new_process(old: NodeSpec, new: NodeSpec) -> bool:
-    return any(key in ("kind",) + RESTART_KEYS for key in changed_keys(old, new))
+    return old.is_supervisor != new.is_supervisor or any(
+        getattr(old, key) != getattr(new, key) for key in RESTART_KEYS)
 
 
 def plan_level(old: NodeSpec, new: NodeSpec) -> LevelPlan:

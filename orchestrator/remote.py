@@ -12,8 +12,11 @@ from orchestrator.errors import EXIT_FAILURE, EXIT_OK, InvalidInput, Problem, Ru
 
 # States a node passes through on its way somewhere; a reload or command is done
 # when no node is in one of them.
-TRANSITIONAL = ("pending", "starting", "stopping", "restarting")
+TRANSITIONAL = ("pending", "starting", "stopping", "restarting", "missing")
 WAIT_SLACK = 10.0
+# After a reload is applied, changed nodes must stay up this long to count as
+# running: a worker that crashes at once is caught here, not reported as fine.
+RELOAD_GRACE = 1.0
 
 
 def add_parsers(commands) -> None:
@@ -84,13 +87,46 @@ def cmd_diff(args) -> int:
 def cmd_reload(args) -> int:
     reply = _plan(args, "reload")
     _print_plan(reply, args.json, applied=True)
-    nodes = _wait_settled(reply["tree"], lambda nodes: True)
-    failing = [node for node in nodes if node["kind"] != "helper" and node["state"] not in ("running", "stopped")]
+    name = reply["tree"]
+    _wait_applied(name, reply["generation"])
+    changed = {change["path"] for change in reply["changes"] if change["op"] in ("add", "restart")}
+    settled = _wait_settled(name, lambda nodes: True)
+    failing = _not_running(settled) or _unsteady(name, settled, changed)
     if failing:
         listing = ", ".join(f"{node['path']} ({node['state']})" for node in failing)
         raise RuntimeFailure(f"reload applied, but not everything runs: {listing}; "
                              f"see `orch tree {reply['tree']}`, fix the file and reload again")
     return EXIT_OK
+
+
+def _wait_applied(name: str, generation: int) -> None:
+    """Wait until every supervisor has acknowledged the new spec (stops and starts done)."""
+    deadline = time.monotonic() + _budget(name)
+    while ask(name, {"cmd": "ping"}).get("applied", 0) < generation:
+        if time.monotonic() > deadline:
+            raise RuntimeFailure(f"tree {name!r} did not finish applying the reload in time; "
+                                 f"see `orch tree {name}`")
+        time.sleep(0.01)
+
+
+def _not_running(nodes: List[dict]) -> List[dict]:
+    return [node for node in nodes
+            if node["kind"] in ("supervisor", "worker") and node["state"] not in ("running", "stopped")]
+
+
+def _unsteady(name: str, settled: List[dict], changed: set) -> List[dict]:
+    """Changed nodes that exited within the grace period after the reload."""
+    pids = {node["path"]: node["pid"] for node in settled if node["path"] in changed}
+    deadline = time.monotonic() + RELOAD_GRACE
+    while time.monotonic() < deadline:
+        nodes = ask(name, {"cmd": "tree"})["nodes"]
+        unsteady = [node for node in nodes if node["path"] in pids and (
+            node["state"] in ("failed", "backoff", "restarting") or
+            node["pid"] not in (None, pids[node["path"]]))]
+        if unsteady:
+            return unsteady
+        time.sleep(0.05)
+    return []
 
 
 def _plan(args, command: str) -> dict:

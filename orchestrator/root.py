@@ -48,6 +48,8 @@ class Root:
         self.reconciler = Reconciler(self.loop, tree.name, self._known_children)
         self.file = os.path.abspath(tree.file)  # SIGHUP re-reads it, whatever our cwd becomes
         self.held: frozenset = frozenset()  # paths kept stopped by `orch stop`
+        self.generation = 0  # of the last spec handed down; `applied` once all of it is done
+        self.applied_generation = 0
         self.supervisor.on_hangup = self._reload_from_file
 
     def _known_children(self) -> Set[int]:
@@ -112,6 +114,10 @@ class Root:
     def gave_up(self, path: str, reason: str) -> None:
         pass  # the root's own give-up is read from the supervisor when run() returns
 
+    def applied(self, path: str, generation: int) -> None:
+        if not path:
+            self.applied_generation = max(self.applied_generation, generation)
+
     def forward(self, message: tuple) -> None:
         if message[0] == "node":
             self.node_event(*message[1:])
@@ -122,7 +128,8 @@ class Root:
         command = request["cmd"]
         if command == "ping":
             return {"ok": True, "tree": self.tree.name, "pid": os.getpid(), "file": self.tree.file,
-                    "stop_budget": self.tree.root.stop_budget()}
+                    "stop_budget": self.tree.root.stop_budget(), "generation": self.generation,
+                    "applied": self.applied_generation}
         if command == "tree":
             return {"ok": True, "tree": self.tree.name, "file": self.tree.file, "nodes": self.rows()}
         if command == "down":
@@ -155,6 +162,7 @@ class Root:
                  "changes": [{"op": c.op, "path": c.path, "keys": list(c.keys)} for c in changes]}
         if apply:
             self._apply(new)
+            reply["generation"] = self.generation
         return reply
 
     def _apply(self, new: TreeSpec) -> None:
@@ -169,7 +177,8 @@ class Root:
     def _send_spec(self) -> None:
         """Hand the root supervisor the effective spec: the file's, plus our holds."""
         effective = self.tree.with_holds(self.held)
-        self.supervisor.command(("apply", effective.root, TreeContext.of(effective)))
+        self.generation += 1
+        self.supervisor.command(("apply", effective.root, TreeContext.of(effective), self.generation))
 
     def _reload_from_file(self) -> None:
         reply = self._diff_or_reload({"file": self.file}, apply=True)
@@ -191,7 +200,7 @@ class Root:
         else:
             self.held = self.held | {path} if command == "stop" else self.held - {path}
             self._send_spec()
-        return {"ok": True, "tree": self.tree.name, "path": path}
+        return {"ok": True, "tree": self.tree.name, "path": path, "generation": self.generation}
 
     def rows(self):
         state = "stopping" if self.supervisor.stopping else "running"

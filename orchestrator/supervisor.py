@@ -84,6 +84,9 @@ class Supervisor:
         self._queued: List[Callable[[], None]] = []  # commands and reloads waiting for idle
         self._retiring: List[Slot] = []  # removed by a reload, stopping; reaped before we exit
         self.on_hangup: Optional[Callable[[], None]] = None  # the root reloads on SIGHUP
+        self._generation = 0  # of the last spec applied; acknowledged up once fully done
+        self._acks_due: set = set()  # supervisor children still applying that generation
+        self._applied_here = True
         self._pending: List[Tuple[Slot, int]] = []  # failures seen while busy
         self._ready_sent = False
 
@@ -159,8 +162,11 @@ class Supervisor:
 
     # ----- starting --------------------------------------------------------
 
-    def _start_in_order(self, slots: List[Slot]) -> None:
-        self._starting = StartSequence(slots, self._start, self._after_start)
+    def _start_in_order(self, slots: List[Slot], then: Callable[[], None] = lambda: None) -> None:
+        def done() -> None:
+            then()  # before _after_start, which may begin a queued apply
+            self._after_start()
+        self._starting = StartSequence(slots, self._start, done)
         self._starting.begin()
 
     def _after_start(self) -> None:
@@ -235,6 +241,10 @@ class Supervisor:
         # Sequences hear of the exit after the slot's state is settled: finishing
         # one may start this very slot again.
         sequences = [seq for seq in (self._sequence, self._starting) if seq is not None]
+        if slot.spec.path in self._acks_due:
+            # It will restart with the spec it was handed, or not at all: done either way.
+            self._acks_due.discard(slot.spec.path)
+            self._maybe_acknowledge()
         retired = slot in self._retiring
         if retired:
             self._retiring.remove(slot)
@@ -339,7 +349,7 @@ class Supervisor:
         """Run a command for a node in this subtree, or pass it down to the supervisor owning it."""
         kind, path = message[0], message[1]
         if kind == "apply":
-            self._when_idle(lambda: self.apply(message[1], message[2]))
+            self._when_idle(lambda: self.apply(message[1], message[2], message[3]))
             return
         parent, _, name = path.rpartition("/")
         if parent == self.node.path:
@@ -371,14 +381,20 @@ class Supervisor:
             slot.restarts += 1
             self._operate(stop=[slot], start=[slot])
 
-    def _operate(self, stop: List[Slot], start: List[Slot]) -> None:
+    def _operate(self, stop: List[Slot], start: List[Slot], then: Callable[[], None] = lambda: None) -> None:
         def then_start() -> None:
             self._sequence = None
-            self._start_in_order([slot for slot in start if slot.running is None and not slot.spec.held])
+            self._start_in_order([slot for slot in start if slot.running is None and not slot.spec.held],
+                                 then)
         self._run_sequence(stop, then_start)
 
-    def apply(self, node: NodeSpec, tree: TreeContext) -> None:
-        """Go from the current spec to `node` touching only what changed (see plan.py)."""
+    def apply(self, node: NodeSpec, tree: TreeContext, generation: int) -> None:
+        """Go from the current spec to `node` touching only what changed (see plan.py).
+
+        Acknowledged upward as ("applied", path, generation) once our own stops and
+        starts are done and every supervisor child we passed a part to has acknowledged.
+        """
+        self._generation, self._applied_here, self._acks_due = generation, False, set()
         level = plan_level(self.node, node)
         self.node, self.tree = node, tree
         self.window.intensity = node.intensity
@@ -401,7 +417,15 @@ class Supervisor:
         fresh = [slot for slot in slots if slot.spec.name in level.add + level.replace] + released
         order = self._old_order(old_slots)
         self._operate(stop=sorted(going + held, key=order, reverse=True),
-                      start=[slot for slot in slots if slot in fresh])
+                      start=[slot for slot in slots if slot in fresh], then=self._applied_locally)
+
+    def _applied_locally(self) -> None:
+        self._applied_here = True
+        self._maybe_acknowledge()
+
+    def _maybe_acknowledge(self) -> None:
+        if self._applied_here and not self._acks_due and self._generation:
+            self.uplink.applied(self.node.path, self._generation)
 
     @staticmethod
     def _old_order(old_slots):
@@ -412,7 +436,8 @@ class Supervisor:
         changed = slot.spec != spec
         slot.spec = spec
         if changed and spec.is_supervisor and slot.running is not None:
-            self._send_down(slot, ("apply", spec, self.tree))
+            self._acks_due.add(slot.spec.path)
+            self._send_down(slot, ("apply", spec, self.tree, self._generation))
 
     def _send_down(self, slot: Slot, message: tuple) -> None:
         try:
@@ -453,6 +478,11 @@ class Supervisor:
                 return
             if kind == "gave_up":
                 slot.report = message[2]
+            if kind == "applied":
+                if message[2] == self._generation:
+                    self._acks_due.discard(path)
+                    self._maybe_acknowledge()
+                return
         self.uplink.forward(message)
 
     # ----- reporting -------------------------------------------------------

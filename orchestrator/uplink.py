@@ -10,6 +10,10 @@ from orchestrator.loop import Loop
 #   ("node", path, pid, state, restarts, started_at)   a child changed state
 #   ("ready", path)                                     a supervisor's subtree is up
 #   ("gave_up", path, reason)                           a supervisor exceeded its intensity
+#   ("applied", path, generation)                       a supervisor finished applying a spec
+# and down, each supervisor passing on what is for a node below it:
+#   ("apply", node_spec, tree_context, generation)      go to this spec (reload, stop/start)
+#   ("restart", path)                                   restart this node
 
 
 class Uplink(Protocol):
@@ -18,6 +22,7 @@ class Uplink(Protocol):
                    started_at: Optional[float]) -> None: ...
     def ready(self, path: str) -> None: ...
     def gave_up(self, path: str, reason: str) -> None: ...
+    def applied(self, path: str, generation: int) -> None: ...
     def forward(self, message: tuple) -> None: ...
 
 
@@ -51,6 +56,9 @@ class PipeUplink:
 
     def gave_up(self, path: str, reason: str) -> None:
         self._send(("gave_up", path, reason))
+
+    def applied(self, path: str, generation: int) -> None:
+        self._send(("applied", path, generation))
 
     def forward(self, message: tuple) -> None:
         self._send(message)

@@ -9,14 +9,14 @@ import time
 from multiprocessing.connection import Connection
 from typing import Callable, List, Optional, Tuple
 
-import attrs
 
 from orchestrator import osproc, spawn, strategy
 from orchestrator.child import EXIT_BOOT_FAILED
 from orchestrator.intensity import RestartWindow, backoff_delay
 from orchestrator.loop import Loop, Timer
 from orchestrator.output import OutputRelay, log
-from orchestrator.plan import plan_level
+from orchestrator.apply import ApplyMixin
+from orchestrator.slot import Slot
 from orchestrator.spec import NodeSpec, Restart, Strategy, TreeContext
 from orchestrator.start import StartSequence
 from orchestrator.stop import StopSequence
@@ -27,32 +27,6 @@ from orchestrator.uplink import PipeUplink, Uplink
 START_RETRY_FIRST = 0.1
 START_RETRY_MAX = 5.0
 
-SETTLED_STATES = ("stopped", "failed")
-
-
-@attrs.define(eq=False)
-class Slot:
-    """A child of this supervisor and what we know about its current process."""
-
-    spec: NodeSpec
-    running: Optional[spawn.Running] = None
-    state: str = "stopped"
-    restarts: int = 0
-    stop_requested: bool = False  # we signalled it, so its exit is not a failure
-    ready: bool = False  # a supervisor child has reported its subtree up
-    retry: Optional[Timer] = None
-    start_failures: int = 0
-    report: Optional[str] = None  # why a supervisor child last gave up
-    quick_exits: int = 0  # consecutive exits soon after starting (crash-loop backoff)
-    last_uptime: float = 0.0
-
-    @property
-    def settled(self) -> bool:
-        if self.running is None:
-            return self.spec.held or self.state in SETTLED_STATES
-        return self.ready or not self.spec.is_supervisor
-
-
 def describe_exit(code: int) -> str:
     if code < 0:
         try:
@@ -62,7 +36,7 @@ def describe_exit(code: int) -> str:
     return f"exited with code {code}"
 
 
-class Supervisor:
+class Supervisor(ApplyMixin):
     """Supervises the children of one node; all effects happen in `loop` callbacks."""
 
     def __init__(self, tree: TreeContext, node: NodeSpec, uplink: Uplink, loop: Loop,
@@ -342,108 +316,6 @@ class Supervisor:
         self.gave_up = reason
         self.uplink.gave_up(self.node.path, reason)
         self.shutdown(exit_code=1)
-
-    # ----- commands and reloads (from the root, down the pipes) ---------------
-
-    def command(self, message: tuple) -> None:
-        """Run a command for a node in this subtree, or pass it down to the supervisor owning it."""
-        kind, path = message[0], message[1]
-        if kind == "apply":
-            self._when_idle(lambda: self.apply(message[1], message[2], message[3]))
-            return
-        parent, _, name = path.rpartition("/")
-        if parent == self.node.path:
-            slot = next((slot for slot in self.slots if slot.spec.name == name), None)
-            if slot is not None:
-                self._when_idle(lambda: self._node_command(kind, slot))
-            return
-        for slot in self.slots:
-            if slot.running is not None and slot.running.uplink is not None \
-                    and path.startswith(slot.spec.path + "/"):
-                self._send_down(slot, message)
-                return
-
-    def _when_idle(self, action: Callable[[], None]) -> None:
-        if self.stopping:
-            return
-        if self._busy():
-            self._queued.append(action)
-        else:
-            action()
-
-    def _node_command(self, kind: str, slot: Slot) -> None:
-        """Restart one child; orch causes this stop, so it never counts as a failure.
-
-        (`orch stop`/`orch start` arrive as an `apply` with the node's `held` flag.)
-        """
-        if kind == "restart" and not slot.spec.held:
-            self._cancel_retry(slot)
-            slot.restarts += 1
-            self._operate(stop=[slot], start=[slot])
-
-    def _operate(self, stop: List[Slot], start: List[Slot], then: Callable[[], None] = lambda: None) -> None:
-        def then_start() -> None:
-            self._sequence = None
-            self._start_in_order([slot for slot in start if slot.running is None and not slot.spec.held],
-                                 then)
-        self._run_sequence(stop, then_start)
-
-    def apply(self, node: NodeSpec, tree: TreeContext, generation: int) -> None:
-        """Go from the current spec to `node` touching only what changed (see plan.py).
-
-        Acknowledged upward as ("applied", path, generation) once our own stops and
-        starts are done and every supervisor child we passed a part to has acknowledged.
-        """
-        self._generation, self._applied_here, self._acks_due = generation, False, set()
-        level = plan_level(self.node, node)
-        self.node, self.tree = node, tree
-        self.window.intensity = node.intensity
-        old_slots = {slot.spec.name: slot for slot in self.slots}
-        slots, held, released = [], [], []
-        for child in node.children:
-            slot = old_slots.get(child.name)
-            if child.name in level.keep:
-                (held if child.held and not slot.spec.held else
-                 released if slot.spec.held and not child.held else []).append(slot)
-                self._update_in_place(slot, child)
-            else:
-                slot = Slot(child, restarts=slot.restarts + 1 if slot else 0)
-            slots.append(slot)
-        going = [old_slots[name] for name in level.remove + level.replace]
-        for slot in going + held:
-            self._cancel_retry(slot)
-        self._retiring += [slot for slot in going if slot.running is not None]
-        self.slots = slots
-        fresh = [slot for slot in slots if slot.spec.name in level.add + level.replace] + released
-        order = self._old_order(old_slots)
-        self._operate(stop=sorted(going + held, key=order, reverse=True),
-                      start=[slot for slot in slots if slot in fresh], then=self._applied_locally)
-
-    def _applied_locally(self) -> None:
-        self._applied_here = True
-        self._maybe_acknowledge()
-
-    def _maybe_acknowledge(self) -> None:
-        if self._applied_here and not self._acks_due and self._generation:
-            self.uplink.applied(self.node.path, self._generation)
-
-    @staticmethod
-    def _old_order(old_slots):
-        order = {id(slot): index for index, slot in enumerate(old_slots.values())}
-        return lambda slot: order[id(slot)]
-
-    def _update_in_place(self, slot: Slot, spec: NodeSpec) -> None:
-        changed = slot.spec != spec
-        slot.spec = spec
-        if changed and spec.is_supervisor and slot.running is not None:
-            self._acks_due.add(slot.spec.path)
-            self._send_down(slot, ("apply", spec, self.tree, self._generation))
-
-    def _send_down(self, slot: Slot, message: tuple) -> None:
-        try:
-            slot.running.uplink.send(message)
-        except OSError:
-            pass  # it is exiting; its exit is handled like any other
 
     # ----- messages from supervisor children -------------------------------
 

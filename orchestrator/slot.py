@@ -1,0 +1,35 @@
+"""A supervisor's record of one child: its spec, its current process, and its restart history."""
+from __future__ import annotations
+
+from typing import Optional
+
+import attrs
+
+from orchestrator import spawn
+from orchestrator.loop import Timer
+from orchestrator.spec import NodeSpec
+
+SETTLED_STATES = ("stopped", "failed")
+
+
+@attrs.define(eq=False)
+class Slot:
+    """A child of this supervisor and what we know about its current process."""
+
+    spec: NodeSpec
+    running: Optional[spawn.Running] = None
+    state: str = "stopped"
+    restarts: int = 0
+    stop_requested: bool = False  # we signalled it, so its exit is not a failure
+    ready: bool = False  # a supervisor child has reported its subtree up
+    retry: Optional[Timer] = None
+    start_failures: int = 0
+    report: Optional[str] = None  # why a supervisor child last gave up
+    quick_exits: int = 0  # consecutive exits soon after starting (crash-loop backoff)
+    last_uptime: float = 0.0
+
+    @property
+    def settled(self) -> bool:
+        if self.running is None:
+            return self.spec.held or self.state in SETTLED_STATES
+        return self.ready or not self.spec.is_supervisor

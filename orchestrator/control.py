@@ -7,7 +7,7 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Mapping, Optional
 
 from orchestrator.errors import RuntimeFailure
 from orchestrator.loop import Loop
@@ -19,6 +19,10 @@ LOG_NAME = "output.log"
 # A request is one JSON object on one line; anything longer is refused unread.
 MAX_REQUEST = 64 * 1024
 MAX_PENDING_CLIENTS = 1024
+# Fairness: requests answered per client per loop turn, and replies a client may
+# leave unread before we stop answering it.
+LINES_PER_TURN = 16
+MAX_OUTBOX = 4 * 1024 * 1024
 # sockaddr_un.sun_path is 108 bytes on Linux, including the terminating NUL.
 MAX_SOCKET_PATH = 107
 
@@ -29,13 +33,14 @@ class AlreadyRunning(RuntimeFailure):
     pass
 
 
-def run_base() -> Path:
+def run_base(environ: Optional[Mapping[str, str]] = None, uid: Optional[int] = None) -> Path:
     """Where run directories live: $ORCH_RUN_DIR, $XDG_RUNTIME_DIR/orch or /tmp/orch-<uid>."""
-    if os.environ.get(ENV_RUN_DIR):
-        return Path(os.environ[ENV_RUN_DIR])
-    if os.environ.get("XDG_RUNTIME_DIR"):
-        return Path(os.environ["XDG_RUNTIME_DIR"]) / "orch"
-    return Path(f"/tmp/orch-{os.getuid()}")
+    environ = os.environ if environ is None else environ
+    if environ.get(ENV_RUN_DIR):
+        return Path(environ[ENV_RUN_DIR])
+    if environ.get("XDG_RUNTIME_DIR"):
+        return Path(environ["XDG_RUNTIME_DIR"]) / "orch"
+    return Path(f"/tmp/orch-{os.getuid() if uid is None else uid}")
 
 
 def tree_dir(name: str) -> Path:
@@ -154,15 +159,20 @@ class ControlServer:
 
 
 class _Client:
+    """One connection. Requests are answered a few per loop turn, and not while the
+    client is not reading its replies, so no client can monopolise the root."""
+
     def __init__(self, conn: socket.socket, loop: Loop, handler: Handler, forget) -> None:
         self.conn = conn
         self.fd = conn.fileno()
         self._loop = loop
         self._handler = handler
         self._forget = forget
-        self._inbox = b""
-        self._outbox = b""
-        self._closing = False
+        self._inbox = bytearray()
+        self._outbox = bytearray()
+        self._eof = False
+        self._closed = False
+        self._scheduled = False
         loop.add_reader(self.fd, self._on_readable)
 
     def _on_readable(self) -> None:
@@ -173,16 +183,34 @@ class _Client:
         except OSError:
             data = b""
         if not data:
-            self._finish()
-            return
+            self._eof = True
+            self._loop.remove_reader(self.fd)
         self._inbox += data
-        while b"\n" in self._inbox and not self._closing:
-            line, self._inbox = self._inbox.split(b"\n", 1)
-            self._reply(self._answer(line))
-        if len(self._inbox) > MAX_REQUEST:
-            self._inbox = b""
-            self._reply({"ok": False, "error": f"request longer than {MAX_REQUEST} bytes"})
-            self._finish()
+        if b"\n" not in self._inbox and len(self._inbox) > MAX_REQUEST:
+            self._inbox.clear()
+            self._eof = True
+            self._loop.remove_reader(self.fd)
+            self._queue_reply({"ok": False, "error": f"request longer than {MAX_REQUEST} bytes"})
+        self._process()
+
+    def _process(self) -> None:
+        self._scheduled = False
+        handled = 0
+        while not self._closed and b"\n" in self._inbox and len(self._outbox) < MAX_OUTBOX:
+            if handled == LINES_PER_TURN:
+                self._schedule()
+                return
+            end = self._inbox.index(b"\n")
+            line = bytes(self._inbox[:end])
+            del self._inbox[:end + 1]
+            self._queue_reply(self._answer(line))
+            handled += 1
+        self._maybe_close()
+
+    def _schedule(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_later(0, self._process)
 
     def _answer(self, line: bytes) -> dict:
         try:
@@ -196,30 +224,34 @@ class _Client:
         except Exception as error:  # a bug in one command must not take the root down
             return {"ok": False, "error": f"internal error in {request['cmd']!r}: {error!r}"}
 
-    def _reply(self, response: dict) -> None:
+    def _queue_reply(self, response: dict) -> None:
         self._outbox += json.dumps(response).encode() + b"\n"
         self._flush()
 
     def _flush(self) -> None:
+        if self._closed:
+            return
         try:
             sent = self.conn.send(self._outbox)
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError:
-            self.close()
+            self.close()  # the client went away: its remaining requests are dropped
             return
-        self._outbox = self._outbox[sent:]
+        del self._outbox[:sent]
         self._loop.set_writer(self.fd, self._flush if self._outbox else None)
-        if not self._outbox and self._closing:
-            self.close()
+        if len(self._outbox) < MAX_OUTBOX and b"\n" in self._inbox:
+            self._schedule()  # replies drained: carry on with waiting requests
+        self._maybe_close()
 
-    def _finish(self) -> None:
-        self._closing = True
-        self._loop.remove_reader(self.fd)
-        if not self._outbox:
+    def _maybe_close(self) -> None:
+        if self._eof and not self._outbox and b"\n" not in self._inbox:
             self.close()
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         self._loop.remove_reader(self.fd)
         self._loop.set_writer(self.fd, None)
         self.conn.close()

@@ -12,7 +12,7 @@ from typing import Callable, Dict, Set
 
 import psutil
 
-from orchestrator import osproc, titles
+from orchestrator import control, osproc, titles
 from orchestrator.loop import Loop
 from orchestrator.output import log
 
@@ -83,7 +83,7 @@ class Reconciler:
         """Stop processes titled as nodes of this tree that are not our descendants."""
         mine = {proc.pid for proc in _descendants(os.getpid())} | {os.getpid()}
         for proc in titles.claimants(self._tree):
-            if proc.pid in mine or proc.pid in self.evicting:
+            if proc.pid in mine or proc.pid in self.evicting or not _leftover_of_ours(proc):
                 continue
             try:
                 created = proc.create_time()
@@ -119,6 +119,18 @@ class Reconciler:
             except ChildProcessError:
                 pass
         self.adopted.clear()
+
+
+def _leftover_of_ours(proc: psutil.Process) -> bool:
+    """A claimant is a leftover of this tree only if it is not one of our processes
+    (one started after our snapshot is) and it ran with our run directory: a tree
+    of the same name under another ORCH_RUN_DIR is somebody else's."""
+    try:
+        if any(parent.pid == os.getpid() for parent in proc.parents()):
+            return False
+        return control.run_base(proc.environ(), proc.uids().real) == control.run_base()
+    except psutil.Error:
+        return False
 
 
 def _descendants(pid: int):

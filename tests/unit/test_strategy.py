@@ -12,7 +12,7 @@ EXITS = {"exit 0": 0, "exit 1": 1, "SystemExit(3)": 3, "boot failed": EXIT_BOOT_
          "SIGKILL": -9, "SIGTERM from outside": -15, "SIGSEGV": -11}
 
 
-@pytest.mark.parametrize("reason, code", EXITS.items(), ids=list(EXITS))
+@pytest.mark.parametrize("reason, code", list(EXITS.items()), ids=list(EXITS))
 @pytest.mark.parametrize("restart", list(Restart), ids=[r.value for r in Restart])
 def test_should_restart(restart, reason, code):
     expected = {
@@ -52,7 +52,7 @@ def test_only_child(strategy):
 ORDERS = [list("abcde"), ["web", "db"], ["z", "y", "x", "w"]]
 
 
-@pytest.mark.parametrize("order, strategy", itertools.product(ORDERS, Strategy))
+@pytest.mark.parametrize("order, strategy", list(itertools.product(ORDERS, Strategy)))
 def test_plan_laws(order, strategy):
     """For every child: the failed child is started, never stopped; stop is start reversed minus it."""
     for failed in order:

@@ -1,9 +1,10 @@
 """Stopping children one at a time: SIGTERM, wait for the node's budget, then SIGKILL."""
 from __future__ import annotations
 
+import collections
 import os
 import signal
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Deque, List, Optional, Sequence
 
 from orchestrator import osproc
 from orchestrator.loop import Loop, Timer
@@ -46,9 +47,9 @@ class StopSequence:
         self._loop = loop
         self._on_signal = on_signal  # the supervisor reports the `stopping` state
         self._slots = list(slots)
-        self._queue: List = list(slots)
+        self._queue: Deque = collections.deque(slots)
         self._on_done = on_done
-        self._current = None
+        self._current: List = []  # the slot (or replica group) being waited for
         self._timer: Optional[Timer] = None
         self._finished = False
         self._force = False
@@ -57,13 +58,14 @@ class StopSequence:
         self._advance()
 
     def exited(self, slot) -> None:
-        """The supervisor reaped `slot`; move on if it was the one we waited for."""
+        """The supervisor reaped `slot`; move on once what we waited for is gone."""
         if self._finished:
             return
-        if slot is self._current:
-            self._cancel_timer()
-            self._current = None
-            self._advance()
+        if slot in self._current:
+            self._current.remove(slot)
+            if not self._current:
+                self._cancel_timer()
+                self._advance()
         else:
             self._maybe_done()
 
@@ -71,9 +73,10 @@ class StopSequence:
         """A second stop request: SIGKILL everything left at once."""
         self._force = True
         self._cancel_timer()
-        if self._current is not None and self._current.running is not None:
-            self._kill_fast(self._current)
-        self._current = None
+        for slot in self._current:
+            if slot.running is not None:
+                self._kill_fast(slot)
+        self._current = []
         self._advance()
 
     def cancel(self) -> None:
@@ -82,19 +85,37 @@ class StopSequence:
 
     def _advance(self) -> None:
         while self._queue:
-            slot = self._queue.pop(0)
+            slot = self._queue.popleft()
             if slot.running is None:
                 continue
             if slot.spec.daemon or self._force:
                 self._kill_fast(slot)
                 self._on_signal(slot)
                 continue
-            signal_node(slot, signal.SIGTERM)
-            self._on_signal(slot)
-            self._current = slot
+            self._current = [slot] + self._replicas_after(slot)
+            for member in self._current:
+                signal_node(member, signal.SIGTERM)
+                self._on_signal(member)
             self._timer = self._loop.call_later(slot.spec.stop_budget(), self._deadline)
             return
         self._maybe_done()
+
+    def _replicas_after(self, slot) -> List:
+        """Instances of a replicated worker stop together, like OTP's simple_one_for_one
+        children: they are interchangeable, so waiting on each in turn buys nothing."""
+        if slot.spec.replicas is None:
+            return []
+        group = slot.spec.name.rpartition("#")[0]
+        members = []
+        while self._queue and self._queue[0].spec.replicas is not None \
+                and self._queue[0].spec.name.rpartition("#")[0] == group:
+            member = self._queue.popleft()
+            if member.running is not None and not member.spec.daemon and not self._force:
+                members.append(member)
+            elif member.running is not None:
+                self._queue.appendleft(member)
+                break
+        return members
 
     def _kill_fast(self, slot) -> None:
         if not slot.spec.is_supervisor:
@@ -110,14 +131,13 @@ class StopSequence:
             signal_node(slot, signal.SIGKILL)
 
     def _deadline(self) -> None:
-        slot = self._current
-        if slot is None or slot.running is None:
-            return
-        log(f"{slot.spec.path} did not stop within {slot.spec.stop_budget():g}s; sending SIGKILL")
-        signal_node(slot, signal.SIGKILL)
+        for slot in self._current:
+            if slot.running is not None:
+                log(f"{slot.spec.path} did not stop within {slot.spec.stop_budget():g}s; sending SIGKILL")
+                signal_node(slot, signal.SIGKILL)
 
     def _maybe_done(self) -> None:
-        if self._finished or self._current is not None or self._queue:
+        if self._finished or self._current or self._queue:
             return
         if any(slot.running is not None for slot in self._slots):
             return

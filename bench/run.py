@@ -1,0 +1,250 @@
+"""Benchmark entry point: set up bench/.venv, run every contender at every size, write the results.
+
+    python3 bench/run.py                 # everything, as in RESULTS.md
+    python3 bench/run.py --quick --no-venv --contenders bare,orch-fork --out /tmp/x
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import random
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+VENV = BENCH / ".venv"
+sys.path.insert(0, str(BENCH))
+
+
+@dataclass
+class Settings:
+    sizes: List[int]
+    reps: int
+    kills: int
+    idle: float  # seconds of steady state for the idle CPU figure
+    settle: float  # pause after bring-up and between phases
+    grace: float  # seconds after the manager's SIGKILL before counting orphans
+    json_calls: int
+    reps_large: int  # repetitions at N >= 1000
+    restart_budget: float  # seconds per run for the single-leaf kills
+    kill_timeout: float = 15.0
+    seed: int = 1
+    contenders: List[str] = field(default_factory=list)
+
+    def timeout(self, n: int) -> float:
+        """For bring-up, storm and teardown: generous, and growing with N."""
+        return 30.0 + 0.25 * n
+
+
+def parse_args(argv: List[str]) -> argparse.Namespace:
+    from contenders import BY_NAME
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="10,100,1000", help="comma-separated N (default 10,100,1000)")
+    parser.add_argument("--reps", type=int, default=3, help="repetitions (default 3)")
+    parser.add_argument("--reps-large", type=int, default=2, help="repetitions at N >= 1000 (default 2)")
+    parser.add_argument("--kills", type=int, default=30, help="single-leaf kills per run (default 30)")
+    parser.add_argument("--restart-budget", type=float, default=50.0,
+                        help="seconds per run for those kills; slow restarters do fewer (default 50)")
+    parser.add_argument("--idle", type=float, default=10.0, help="idle CPU window in seconds (default 10)")
+    parser.add_argument("--contenders", default=",".join(BY_NAME),
+                        help=f"comma-separated subset of {', '.join(BY_NAME)}")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: N=5, 1 rep, 3 kills, 1 s idle window, no profile")
+    parser.add_argument("--no-venv", action="store_true",
+                        help="use this interpreter as it is instead of creating bench/.venv")
+    parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile of orch")
+    parser.add_argument("--out", type=Path, default=BENCH,
+                        help="directory for RESULTS.md, results.json and the plot (default bench/)")
+    args = parser.parse_args(argv)
+    unknown = [name for name in args.contenders.split(",") if name not in BY_NAME]
+    if unknown:
+        parser.error(f"unknown contender(s) {', '.join(unknown)}; known: {', '.join(BY_NAME)}")
+    return args
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    contenders = args.contenders.split(",")
+    if args.quick:
+        return Settings([5], 1, 3, 1.0, 0.3, 1.0, 2, 1, 10.0, contenders=contenders)
+    sizes = [int(size) for size in args.sizes.split(",")]
+    return Settings(sizes, args.reps, args.kills, args.idle, 1.0, 2.0, 5, args.reps_large,
+                    args.restart_budget, contenders=contenders)
+
+
+# ----- environment --------------------------------------------------------------
+
+
+def ensure_venv(argv: List[str]) -> None:
+    """Re-run this script inside bench/.venv, creating and filling it first if needed."""
+    if Path(sys.prefix).resolve() == VENV.resolve():
+        return
+    python = VENV / "bin" / "python"
+    wanted = (BENCH / "requirements.txt").read_text() + (REPO / "pyproject.toml").read_text()
+    stamp = VENV / ".installed"
+    if not python.exists():
+        print(f"creating {VENV}", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    if not stamp.exists() or stamp.read_text() != wanted:
+        print("installing supervisor, circus, matplotlib, py-spy and orch (-e) into it", flush=True)
+        result = subprocess.run([str(python), "-m", "pip", "install", "-q", "-r", str(BENCH / "requirements.txt"),
+                                 "-e", str(REPO)], capture_output=True, text=True)
+        if result.returncode != 0:
+            sys.exit(f"pip install failed:\n{result.stdout}{result.stderr}")
+        stamp.write_text(wanted)
+    os.execv(str(python), [str(python), str(Path(__file__).resolve()), *argv])
+
+
+def prepare_process() -> None:
+    """Become a subreaper (orphans of a killed manager stay ours to clean up) and lift the fd limit."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+# ----- running ----------------------------------------------------------------------
+
+
+def run_one(contender, n: int, settings: Settings, rng: random.Random, orphans: bool) -> Dict[str, object]:
+    """Every figure of one contender at one size: a measured run, then (first repetition
+    only: it is a count, not a timing) an orphan run."""
+    import figures as fig
+
+    workdir = Path(tempfile.mkdtemp(prefix=f"ob-{contender.name}-{n}-"))
+    result: Dict[str, object] = {}
+    try:
+        manager, result["bringup_s"] = start(contender, n, workdir / "a", settings)
+        time.sleep(settings.settle)
+        result["idle_cpu_pct"] = fig.idle_cpu(manager, settings.idle)
+        result.update(fig.memory(manager))
+        if manager.launch.tree_json:
+            result["tree_json_s"] = fig.tree_json(manager, settings.json_calls, n)
+        result.update(restart_stats(fig.restart_latencies(manager, settings.kills, rng, settings.kill_timeout,
+                                                          settings.restart_budget)))
+        time.sleep(settings.settle)
+        result["storm_s"] = fig.storm(manager, n, settings.timeout(n))
+        time.sleep(settings.settle)
+        result["teardown_s"] = fig.teardown(manager, settings.timeout(n))
+        fig.cleanup()
+        if orphans:
+            manager, _ = start(contender, n, workdir / "b", settings)
+            time.sleep(settings.settle)
+            result["orphans"] = fig.orphans(manager, settings.grace)
+    except Exception as error:  # any failure of the contender, reported and skipped, never fatal
+        detail = str(error) if isinstance(error, fig.Failed) else f"{type(error).__name__}: {error}"
+        raise fig.Failed(f"{detail} (logs kept in {workdir})") from None
+    finally:
+        fig.cleanup()
+    shutil.rmtree(workdir, ignore_errors=True)  # kept above when the contender failed
+    return result
+
+
+def start(contender, n: int, workdir: Path, settings: Settings):
+    import figures as fig
+
+    workdir.mkdir(parents=True)
+    launch = contender.launch(workdir, n, dict(os.environ))
+    return fig.bring_up(launch, n, workdir / "manager.log", settings.timeout(n))
+
+
+def restart_stats(samples: List[float]) -> Dict[str, object]:
+    from report import percentile
+
+    ordered = sorted(samples)
+    return {"restart_p50_s": statistics.median(ordered), "restart_p95_s": percentile(ordered, 95),
+            "restart_max_s": ordered[-1], "restart_samples_s": samples}
+
+
+def memory_reason(contender: str, n: int, runs: List[dict]) -> Optional[str]:
+    """Skip a size the machine cannot hold, predicted from a smaller size of the same contender."""
+    import psutil
+
+    smaller = [run for run in runs if run["contender"] == contender and run["n"] < n and run.get("figures")]
+    if not smaller:
+        return None
+    last = max(smaller, key=lambda run: run["n"])["figures"]
+    need = last["leaf_uss_mib"] * n * 1.15 / 1024
+    available = psutil.virtual_memory().available / 1024**3
+    if need > 0.85 * available:
+        return f"needs about {need:.1f} GiB for {n} leaves, {available:.1f} GiB available"
+    return None
+
+
+def run_all(settings: Settings) -> dict:
+    import figures as fig
+    from contenders import BY_NAME
+
+    rng = random.Random(settings.seed)
+    runs: List[dict] = []
+    skipped: Dict[tuple, str] = {}
+    for name in settings.contenders:
+        reason = BY_NAME[name].missing()
+        for n in settings.sizes if reason else ():
+            skipped[(name, n)] = reason
+    for rep in range(settings.reps):
+        order = settings.contenders[rep % len(settings.contenders):] + settings.contenders[:rep % len(settings.contenders)]
+        for n in settings.sizes:
+            for name in order:
+                if (name, n) in skipped or (n >= 1000 and rep >= settings.reps_large):
+                    continue
+                reason = memory_reason(name, n, runs)
+                if reason:
+                    skipped[(name, n)] = reason
+                    print(f"skip {name} N={n}: {reason}", flush=True)
+                    continue
+                started = time.monotonic()
+                try:
+                    figures = run_one(BY_NAME[name], n, settings, rng, orphans=rep == 0)
+                except fig.Failed as error:
+                    for size in (s for s in settings.sizes if s >= n):
+                        skipped.setdefault((name, size), f"failed at N={n} in rep {rep + 1}: {error}")
+                    print(f"FAILED {name} N={n} rep {rep + 1}: {error}", flush=True)
+                    continue
+                runs.append({"contender": name, "n": n, "rep": rep + 1, "figures": figures})
+                print(progress_line(name, n, rep, figures, time.monotonic() - started), flush=True)
+    return {"runs": runs, "skipped": [{"contender": c, "n": n, "reason": r} for (c, n), r in skipped.items()]}
+
+
+def progress_line(name: str, n: int, rep: int, figures: dict, took: float) -> str:
+    ms = lambda key: f"{figures[key] * 1000:.1f}ms"
+    return (f"rep {rep + 1} N={n:<5} {name:<12} bring-up {ms('bringup_s')}  restart p50 {ms('restart_p50_s')}"
+            f"  storm {ms('storm_s')}  teardown {ms('teardown_s')}  idle {figures['idle_cpu_pct']:.2f}%"
+            f"  leaf USS {figures['leaf_uss_mib']:.2f}MiB  orphans {figures.get('orphans', '-')}  ({took:.0f}s)")
+
+
+def main(argv: List[str]) -> int:
+    args = parse_args(argv)
+    if not args.no_venv:
+        ensure_venv(argv)
+    prepare_process()
+    import report
+
+    settings = settings_from(args)
+    started = time.time()
+    print(f"running {', '.join(settings.contenders)} at N={settings.sizes}, {settings.reps} reps", flush=True)
+    results = {"settings": asdict(settings), "machine": report.machine(), "started": started}
+    results.update(run_all(settings))
+    if not (args.quick or args.no_profile) and "orch-fork" in settings.contenders:
+        import profile_orch
+
+        results["profile"] = profile_orch.profile(max(settings.sizes), args.out / "profile", settings)
+    results["duration_s"] = time.time() - started
+    args.out.mkdir(parents=True, exist_ok=True)
+    report.write_all(results, args.out)
+    print(f"wrote {args.out / 'RESULTS.md'} in {results['duration_s'] / 60:.1f} min", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

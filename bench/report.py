@@ -160,7 +160,7 @@ def figure_tables(summary, sizes, names, skipped) -> List[str]:
     lines = []
     for key, title, unit, scale, with_ratio in FIGURES:
         rows = [name for name in names if key != "tree_json_s" or name.startswith("orch")]
-        lines += [f"### {title}", "", f"| contender | " + " | ".join(f"N={n} ({unit})" for n in sizes) + " |",
+        lines += [f"### {title}", "", "| contender | " + " | ".join(f"N={n} ({unit})" for n in sizes) + " |",
                   "|---|" + "---:|" * len(sizes)]
         for name in rows:
             cells = [_cell(summary, name, n, key, scale, with_ratio, skipped) for n in sizes]
@@ -269,16 +269,18 @@ def plot(summary, sizes: List[int], names: List[str], path: Path) -> Optional[st
         axis.set(xscale="log", yscale="log", xlabel="N leaves", ylabel="milliseconds (median)", title=title)
         axis.set_xticks(sizes, [str(n) for n in sizes])
         axis.grid(True, which="both", alpha=0.3)
-    axes[0].legend()
+    axes[1].legend(loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return None
 
 
-def write_all(results: dict, out: Path) -> None:
-    results["machine"]["loadavg_at_end"] = os.getloadavg()
-    results["machine"]["orch_source_at_end"] = source_fingerprint()
+def write_all(results: dict, out: Path, finished: bool = True) -> None:
+    """finished: the run just ended (record the end state); False re-renders stored results."""
+    if finished:
+        results["machine"]["loadavg_at_end"] = os.getloadavg()
+        results["machine"]["orch_source_at_end"] = source_fingerprint()
     summary = summarize(results["runs"])
     rows = targets(summary, results["settings"]["sizes"])
     results["summary"] = {name: {str(n): figures for n, figures in by_n.items()} for name, by_n in summary.items()}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import json
 import os
 import random
 import resource
@@ -64,6 +65,8 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     parser.add_argument("--no-venv", action="store_true",
                         help="use this interpreter as it is instead of creating bench/.venv")
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile of orch")
+    parser.add_argument("--report-only", action="store_true",
+                        help="measure nothing: rewrite RESULTS.md and the plot from OUT/results.json")
     parser.add_argument("--out", type=Path, default=BENCH,
                         help="directory for RESULTS.md, results.json and the plot (default bench/)")
     args = parser.parse_args(argv)
@@ -227,8 +230,12 @@ def main(argv: List[str]) -> int:
     args = parse_args(argv)
     if not args.no_venv:
         ensure_venv(argv)
-    prepare_process()
     import report
+
+    if args.report_only:
+        report.write_all(json.loads((args.out / "results.json").read_text()), args.out, finished=False)
+        return 0
+    prepare_process()
 
     settings = settings_from(args)
     started = time.time()

@@ -21,6 +21,7 @@ from orchestrator.output import log
 ORPHAN_CHECK_INTERVAL = 2.0
 LEFTOVER_SCAN_INTERVAL = 30.0
 ORPHAN_STOP_GRACE = 2.0
+SIGCHLD_COALESCE = 0.02
 LEFTOVER_STOP_GRACE = 5.0
 
 
@@ -34,10 +35,11 @@ class Reconciler:
         self.adopted: Dict[int, float] = {}  # orphan pid -> when we adopted it (its stop began)
         self.evicting: Dict[int, float] = {}  # leftover pid -> create_time
         self._stopped = False
+        self._check_pending = False
 
     def start(self) -> None:
         osproc.become_subreaper()
-        self._loop.on_signal(signal.SIGCHLD, self.check_children)
+        self._loop.on_signal(signal.SIGCHLD, self._on_sigchld)
         self.evict_leftovers()
         self._loop.call_later(ORPHAN_CHECK_INTERVAL, self._periodic_children)
         self._loop.call_later(LEFTOVER_SCAN_INTERVAL, self._periodic_leftovers)
@@ -46,6 +48,17 @@ class Reconciler:
         self._stopped = True
 
     # ----- orphans reparented to us -------------------------------------------
+
+    def _on_sigchld(self) -> None:
+        # One check per burst: a restart storm or a teardown raises SIGCHLD for each
+        # of N children, and each check reads all N; orphans wait at most this long.
+        if not self._check_pending:
+            self._check_pending = True
+            self._loop.call_later(SIGCHLD_COALESCE, self._coalesced_check)
+
+    def _coalesced_check(self) -> None:
+        self._check_pending = False
+        self.check_children()
 
     def check_children(self) -> None:
         """Reap dead orphans and adopt live ones, touching only pids we did not start.

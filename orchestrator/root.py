@@ -48,6 +48,7 @@ class Root:
         self.reconciler = Reconciler(self.loop, tree.name, self._known_children)
         self.file = os.path.abspath(tree.file)  # SIGHUP re-reads it, whatever our cwd becomes
         self.held: frozenset = frozenset()  # paths kept stopped by `orch stop`
+        self._supervisor_paths = {node.path for node in tree.nodes() if node.is_supervisor}
         self.generation = 0  # of the last spec handed down; `applied` once all of it is done
         self.applied_generation = 0
         self.supervisor.on_hangup = self._reload_from_file
@@ -87,7 +88,7 @@ class Root:
 
     def node_event(self, path, pid, state, restarts, started_at) -> None:
         self.table[path] = {"pid": pid, "state": state, "restarts": restarts, "started_at": started_at}
-        if state not in LIVE_STATES:
+        if state not in LIVE_STATES and path in self._supervisor_paths:
             self._forget_subtree(path)
 
     def _forget_subtree(self, path: str) -> None:
@@ -168,6 +169,7 @@ class Root:
     def _apply(self, new: TreeSpec) -> None:
         log(f"reloading tree {new.name!r} from {new.file}")
         self.tree = new
+        self._supervisor_paths |= {node.path for node in new.nodes() if node.is_supervisor}
         paths = {node.path for node in new.nodes()}
         self.held = frozenset(path for path in self.held if path in paths)
         for path in [path for path in self.table if path not in paths]:

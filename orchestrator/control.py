@@ -81,10 +81,6 @@ class RunDir:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    @property
-    def lock_fd(self) -> Optional[int]:
-        return self._lock_fd
-
 
 def _check_socket_path(path: Path) -> None:
     if len(os.fsencode(path)) > MAX_SOCKET_PATH:

@@ -48,6 +48,19 @@ def is_gone(pid: int, create_time: Optional[float] = None) -> bool:
         return True
 
 
+def signal_if_same(pid: int, create_time: Optional[float], signum: int) -> bool:
+    """Signal `pid` only if it is still the process created at `create_time` (pids get
+    reused); True if it was signalled."""
+    try:
+        proc = psutil.Process(pid)
+        if create_time is not None and proc.create_time() != create_time:
+            return False
+        proc.send_signal(signum)
+        return True
+    except psutil.Error:
+        return False
+
+
 def wait_gone(pids: Iterable[int], timeout: float) -> List[int]:
     """Wait until every pid has exited (a zombie counts: it is only waiting to be
     reaped by a parent we do not control). Returns the pids still alive.

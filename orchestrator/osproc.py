@@ -134,6 +134,18 @@ def reap_if_dead(pid: int) -> bool:
     return done == pid
 
 
+def signal_group_or_pid(pid: int, signum: int) -> None:
+    """Signal the process group led by a child we just started, or the child itself
+    if it has not reached setpgid() yet (its signals are blocked until then, so the
+    signal waits for it and takes effect once it is set up)."""
+    try:
+        os.killpg(pid, signum)
+    except ProcessLookupError:
+        send(pid, signum)
+    except PermissionError:
+        pass
+
+
 def send(pid: int, signum: int, group: bool = False) -> None:
     """Signal a process (or its process group); a process already gone is fine."""
     try:

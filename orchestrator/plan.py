@@ -27,6 +27,7 @@ class LevelPlan:
 
     @property
     def disruptive(self) -> bool:
+        """Whether any process is stopped: something removed or replaced."""
         return bool(self.remove or self.replace)
 
 

@@ -12,7 +12,7 @@ from typing import Callable, Dict, Set
 
 import psutil
 
-from orchestrator import control, osproc, titles
+from orchestrator import control, livetree, osproc, titles
 from orchestrator.loop import Loop
 from orchestrator.output import log
 
@@ -105,13 +105,13 @@ class Reconciler:
             log(f"process {proc.pid} ({' '.join(proc.info['cmdline'] or [])}) claims to be part of "
                 f"tree {self._tree!r} but is not; stopping it")
             self.evicting[proc.pid] = created
-            _signal_checked(proc.pid, created, signal.SIGTERM)
+            livetree.signal_if_same(proc.pid, created, signal.SIGTERM)
             self._loop.call_later(LEFTOVER_STOP_GRACE, lambda pid=proc.pid: self._kill_leftover(pid))
 
     def _kill_leftover(self, pid: int) -> None:
         created = self.evicting.pop(pid, None)
         if created is not None:
-            _signal_checked(pid, created, signal.SIGKILL)
+            livetree.signal_if_same(pid, created, signal.SIGKILL)
 
     def _periodic_leftovers(self) -> None:
         if self._stopped:
@@ -151,13 +151,3 @@ def _descendants(pid: int):
         return psutil.Process(pid).children(recursive=True)
     except psutil.Error:
         return []
-
-
-def _signal_checked(pid: int, create_time: float, signum: int) -> None:
-    """Signal `pid` only if it is still the process we decided about (pids get reused)."""
-    try:
-        proc = psutil.Process(pid)
-        if proc.create_time() == create_time:
-            proc.send_signal(signum)
-    except psutil.Error:
-        pass

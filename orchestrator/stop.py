@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import collections
-import os
 import signal
 from typing import Callable, Deque, List, Optional, Sequence
 
@@ -19,18 +18,10 @@ def signal_node(slot, signum: int, group: bool = True) -> None:
     """Signal a node's process group (its helpers too), or the pid before it has one."""
     slot.stop_requested = True
     slot.state = "stopping"
-    pid = slot.running.pid
-    if not group:
-        osproc.send(pid, signum)
-        return
-    try:
-        os.killpg(pid, signum)
-    except ProcessLookupError:
-        # The child has not reached setpgid yet; its signals are still blocked,
-        # so this one waits for it and takes the default action once unblocked.
-        osproc.send(pid, signum)
-    except PermissionError:
-        pass
+    if group:
+        osproc.signal_group_or_pid(slot.running.pid, signum)
+    else:
+        osproc.send(slot.running.pid, signum)
 
 
 class StopSequence:

@@ -138,20 +138,11 @@ class RunningTree:
 
     def kill_everything(self) -> None:
         """Cleanup by pid: the root, its live descendants and every pid ever seen."""
-        procs = descendants(self.process.pid)
-        for pid, created in self.seen.items():
-            try:
-                proc = psutil.Process(pid)
-                if proc.create_time() == created:
-                    procs.append(proc)
-            except psutil.NoSuchProcess:
-                continue
-        for proc in procs:
-            try:
-                proc.send_signal(signal.SIGKILL)
-            except psutil.NoSuchProcess:
-                pass
-        livetree.wait_gone([proc.pid for proc in procs], timeout=5)
+        targets = {proc.pid: None for proc in descendants(self.process.pid)}
+        targets.update(self.seen)  # with create times, so a reused pid is left alone
+        killed = [pid for pid, created in targets.items()
+                  if livetree.signal_if_same(pid, created, signal.SIGKILL)]
+        livetree.wait_gone(killed, timeout=5)
         if self.process.poll() is None:
             self.process.wait(5)
         self._log.close()
@@ -233,6 +224,7 @@ def _name_of(file: Path) -> str:
 
 
 def json_tree(env: Dict[str, str], name: Optional[str] = None) -> List[dict]:
+    """`orch tree --json [NAME]` through the real CLI, parsed."""
     args = ["tree", "--json"] + ([name] if name else [])
     result = run_orch(*args, env=env)
     assert result.returncode == 0, result.stderr

@@ -1,32 +1,29 @@
-"""Run directory, 0600 Unix control socket and its JSON-lines protocol (server and client)."""
+"""Run directory, 0600 Unix control socket and its JSON-lines protocol (client side).
+
+The root's side, the server, is orchestrator.ctlserver."""
 from __future__ import annotations
 
 import fcntl
 import json
 import os
 import socket
+import stat
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional
+from typing import List, Mapping, Optional
 
-from orchestrator.errors import RuntimeFailure
-from orchestrator.loop import Loop
+from orchestrator.errors import RuntimeFailure, UsageError
+from orchestrator.values import name_problem
 
 ENV_RUN_DIR = "ORCH_RUN_DIR"
 SOCKET_NAME = "control.sock"
 LOCK_NAME = "lock"
 LOG_NAME = "output.log"
-# A request is one JSON object on one line; anything longer is refused unread.
-MAX_REQUEST = 64 * 1024
-MAX_PENDING_CLIENTS = 1024
-# Fairness: requests answered per client per loop turn, and replies a client may
-# leave unread before we stop answering it.
-LINES_PER_TURN = 16
-MAX_OUTBOX = 4 * 1024 * 1024
+# A request is one JSON object on one line; a longer one is refused. Requests carry
+# a tree file's text, so this leaves room for any sane file.
+MAX_REQUEST = 1024 * 1024
 # sockaddr_un.sun_path is 108 bytes on Linux, including the terminating NUL.
 MAX_SOCKET_PATH = 107
-
-Handler = Callable[[dict], dict]
 
 
 class AlreadyRunning(RuntimeFailure):
@@ -43,7 +40,15 @@ def run_base(environ: Optional[Mapping[str, str]] = None, uid: Optional[int] = N
     return Path(f"/tmp/orch-{os.getuid() if uid is None else uid}")
 
 
+class RunDirError(UsageError):
+    """The run directory cannot be used as it is (exit 2: the environment is bad input)."""
+
+
 def tree_dir(name: str) -> Path:
+    """`<base>/<name>`; `name` must be a valid tree name, so this is always one level down."""
+    problem = name_problem(name) if isinstance(name, str) else "a tree name is a string"
+    if problem:
+        raise UsageError(f"{name!r} is not a tree name: {problem}")
     return run_base() / name
 
 
@@ -59,7 +64,7 @@ class RunDir:
 
     def acquire(self) -> None:
         _check_socket_path(self.socket_path)
-        _make_private_dir(self.path)
+        make_private_dir(self.path)
         fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -88,13 +93,40 @@ def _check_socket_path(path: Path) -> None:
                              f"({MAX_SOCKET_PATH} bytes at most); set {ENV_RUN_DIR} to a shorter directory")
 
 
-def _make_private_dir(path: Path) -> None:
+def make_private_dir(path: Path) -> None:
+    """Create the run base and `path` (0700) as needed, and check what was already there.
+
+    orch never changes the mode of a directory it did not create: a tree's directory
+    that exists must already be ours and private, or we refuse to use it.
+    """
     for directory in (path.parent, path):
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if directory.stat().st_uid != os.getuid():
+        try:
+            _make_dir(directory)
+            info = directory.stat()
+        except OSError as error:
+            raise RunDirError(f"cannot use run directory {directory}: {error.strerror or error}; "
+                              f"set {ENV_RUN_DIR} to a directory of yours") from None
+        if not stat.S_ISDIR(info.st_mode):
+            raise RunDirError(f"run directory {directory} is not a directory; set {ENV_RUN_DIR} "
+                              "to a directory of yours")
+        if info.st_uid != os.getuid():
             # Someone else made our run directory (in /tmp, say): never trust it.
-            raise RuntimeFailure(f"{directory} belongs to another user; remove it or set {ENV_RUN_DIR}")
-    os.chmod(path, 0o700)
+            raise RunDirError(f"{directory} belongs to another user; remove it or set {ENV_RUN_DIR}")
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise RunDirError(f"run directory {path} is mode {mode:04o}, readable by others; orch keeps "
+                          f"it private: `chmod 700 {path}` or remove it")
+
+
+def _make_dir(directory: Path) -> None:
+    try:
+        # umask can only narrow 0700, never widen it.
+        os.mkdir(directory, 0o700)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        directory.parent.mkdir(parents=True, exist_ok=True)  # above the run base: not ours to chmod
+        os.mkdir(directory, 0o700)
 
 
 def _already_running_message(name: str) -> str:
@@ -113,147 +145,6 @@ def _unlink_quietly(path: Path) -> None:
         pass
 
 
-# ----- server ---------------------------------------------------------------
-
-
-class ControlServer:
-    """Serves JSON-lines requests inside the root's loop; a bad client never blocks it."""
-
-    def __init__(self, loop: Loop, path: Path, handler: Handler) -> None:
-        self._loop = loop
-        self._handler = handler
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old_umask = os.umask(0o177)  # the socket file is created 0600, never wider
-        try:
-            self._sock.bind(os.fspath(path))
-        finally:
-            os.umask(old_umask)
-        self._sock.listen(MAX_PENDING_CLIENTS)
-        self._sock.setblocking(False)
-        self._clients: Dict[int, "_Client"] = {}
-        loop.add_reader(self._sock.fileno(), self._accept)
-
-    def close(self) -> None:
-        for client in list(self._clients.values()):
-            client.close()
-        self._loop.remove_reader(self._sock.fileno())
-        self._sock.close()
-
-    def _accept(self) -> None:
-        try:
-            conn, _ = self._sock.accept()
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            return  # EMFILE and friends: the client sees a reset, the root carries on
-        conn.setblocking(False)
-        client = _Client(conn, self._loop, self._handler, self._forget)
-        self._clients[conn.fileno()] = client
-
-    def _forget(self, client: "_Client") -> None:
-        self._clients.pop(client.fd, None)
-
-
-class _Client:
-    """One connection. Requests are answered a few per loop turn, and not while the
-    client is not reading its replies, so no client can monopolise the root."""
-
-    def __init__(self, conn: socket.socket, loop: Loop, handler: Handler, forget) -> None:
-        self.conn = conn
-        self.fd = conn.fileno()
-        self._loop = loop
-        self._handler = handler
-        self._forget = forget
-        self._inbox = bytearray()
-        self._outbox = bytearray()
-        self._eof = False
-        self._closed = False
-        self._scheduled = False
-        loop.add_reader(self.fd, self._on_readable)
-
-    def _on_readable(self) -> None:
-        try:
-            data = self.conn.recv(65536)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self._eof = True
-            self._loop.remove_reader(self.fd)
-        self._inbox += data
-        if b"\n" not in self._inbox and len(self._inbox) > MAX_REQUEST:
-            self._inbox.clear()
-            self._eof = True
-            self._loop.remove_reader(self.fd)
-            self._queue_reply({"ok": False, "error": f"request longer than {MAX_REQUEST} bytes"})
-        self._process()
-
-    def _process(self) -> None:
-        self._scheduled = False
-        handled = 0
-        while not self._closed and b"\n" in self._inbox and len(self._outbox) < MAX_OUTBOX:
-            if handled == LINES_PER_TURN:
-                self._schedule()
-                return
-            end = self._inbox.index(b"\n")
-            line = bytes(self._inbox[:end])
-            del self._inbox[:end + 1]
-            self._queue_reply(self._answer(line))
-            handled += 1
-        self._maybe_close()
-
-    def _schedule(self) -> None:
-        if not self._scheduled:
-            self._scheduled = True
-            self._loop.call_later(0, self._process)
-
-    def _answer(self, line: bytes) -> dict:
-        try:
-            request = json.loads(line)
-        except ValueError as error:
-            return {"ok": False, "error": f"request is not JSON: {error}"}
-        if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
-            return {"ok": False, "error": 'a request is a JSON object like {"cmd": "tree"}'}
-        try:
-            return self._handler(request)
-        except Exception as error:  # a bug in one command must not take the root down
-            return {"ok": False, "error": f"internal error in {request['cmd']!r}: {error!r}"}
-
-    def _queue_reply(self, response: dict) -> None:
-        self._outbox += json.dumps(response).encode() + b"\n"
-        self._flush()
-
-    def _flush(self) -> None:
-        if self._closed:
-            return
-        try:
-            sent = self.conn.send(self._outbox)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:
-            self.close()  # the client went away: its remaining requests are dropped
-            return
-        del self._outbox[:sent]
-        self._loop.set_writer(self.fd, self._flush if self._outbox else None)
-        if len(self._outbox) < MAX_OUTBOX and b"\n" in self._inbox:
-            self._schedule()  # replies drained: carry on with waiting requests
-        self._maybe_close()
-
-    def _maybe_close(self) -> None:
-        if self._eof and not self._outbox and b"\n" not in self._inbox:
-            self.close()
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._loop.remove_reader(self.fd)
-        self._loop.set_writer(self.fd, None)
-        self.conn.close()
-        self._forget(self)
-
-
 # ----- client ---------------------------------------------------------------
 
 
@@ -265,6 +156,11 @@ def request(name: str, command: dict, timeout: float = 10.0) -> dict:
     """Send one request to tree `name` and return its reply; NotRunning if nobody answers."""
     path = tree_dir(name) / SOCKET_NAME
     _check_socket_path(path)
+    line = json.dumps(command).encode() + b"\n"
+    if len(line) > MAX_REQUEST:
+        # The root would refuse it unread; say why here, where it can be fixed.
+        raise UsageError(f"the request to tree {name!r} is {len(line):,} bytes; the control socket "
+                         f"takes at most {MAX_REQUEST:,} (a tree file that large cannot be reloaded)")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         try:
@@ -273,7 +169,7 @@ def request(name: str, command: dict, timeout: float = 10.0) -> dict:
             _clean_if_stale(name)
             raise NotRunning(f"tree {name!r} is not running") from None
         sock.settimeout(timeout)
-        sock.sendall(json.dumps(command).encode() + b"\n")
+        sock.sendall(line)
         return json.loads(_read_line(sock))
     except socket.timeout:
         raise RuntimeFailure(f"tree {name!r} did not answer within {timeout:g}s") from None
@@ -331,7 +227,8 @@ def running_trees() -> List[str]:
     """Names of trees whose root answers on its socket (stale ones are cleaned)."""
     base = run_base()
     try:
-        names = sorted(entry.name for entry in base.iterdir() if entry.is_dir())
+        names = sorted(entry.name for entry in base.iterdir()
+                       if entry.is_dir() and not name_problem(entry.name))
     except OSError:
         return []
     alive = []

@@ -1,9 +1,12 @@
-"""Relays a worker's stdout/stderr pipe to our stdout, each line prefixed by the node path."""
+"""Relays a worker's stdout/stderr pipe to our stdout, each line prefixed by the node path.
+
+Our own stdout and stderr are written through `streams` sinks, which never block."""
 from __future__ import annotations
 
 import os
-import sys
 from typing import Callable
+
+from orchestrator import streams
 
 # A line longer than this is flushed in pieces so one chatty worker cannot make
 # its supervisor buffer without bound.
@@ -11,19 +14,13 @@ MAX_LINE = 64 * 1024
 
 
 def write_out(data: bytes) -> None:
-    """Write whole lines to our stdout fd at once (lines of different nodes never mix)."""
-    try:
-        os.write(sys.stdout.fileno(), data)
-    except (OSError, ValueError):
-        pass  # stdout closed (terminal gone): output is best effort, supervision is not
+    """Whole lines to our stdout, each written whole (lines of different nodes never mix)."""
+    streams.sink(1).write(data)
 
 
 def log(message: str) -> None:
     """The supervisor's own messages, on stderr so they survive `orch up > file`."""
-    try:
-        os.write(sys.stderr.fileno(), f"orch: {message}\n".encode(errors="replace"))
-    except (OSError, ValueError):
-        pass
+    streams.sink(2).write(f"orch: {message}\n".encode(errors="replace"))
 
 
 class OutputRelay:

@@ -2,6 +2,7 @@
 import os
 import signal
 import sys
+import time
 
 from orchestrator import hookimpl
 
@@ -34,7 +35,18 @@ def exit_with(code):
     raise SystemExit(code)
 
 
+def chatty(size=100, burst=1000, pause=0.05):
+    """Print numbered lines of `size` bytes, `burst` at a time every `pause` seconds, forever."""
+    count = 0
+    while True:
+        lines = [f"line {count + i} {'x' * size}\n" for i in range(burst)]
+        count += burst
+        sys.stdout.write("".join(lines))
+        sys.stdout.flush()
+        time.sleep(pause)
+
+
 @hookimpl
 def orch_workers():
     return {"out.both": both, "out.partial": partial, "out.ret": ret, "out.fail": fail,
-            "out.exit": exit_with}
+            "out.exit": exit_with, "out.chatty": chatty}

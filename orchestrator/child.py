@@ -35,6 +35,9 @@ def _common_setup(tree: TreeContext, node: NodeSpec, parent_pid: int, keep_fds, 
 def worker_main(tree: TreeContext, node: NodeSpec, output: Connection, parent_pid: int) -> None:
     """Target of a worker process: returns, raises or exits as the worker does."""
     _common_setup(tree, node, parent_pid, [output.fileno()], signal.SIGKILL)
+    # The root ignores it for its own sake (see guardian.py); a worker, and what it
+    # execs, gets the default back.
+    signal.signal(signal.SIGTTOU, signal.SIG_DFL)
     fd = output.fileno()
     os.dup2(fd, 1)
     os.dup2(fd, 2)

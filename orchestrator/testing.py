@@ -75,6 +75,7 @@ class RunningTree:
         self.env = env
         self.output = output
         self.seen: Dict[int, float] = {}  # pid -> create_time, so a reused pid is never killed
+        self._root_pid: Optional[int] = None
         self._log = open(output, "wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "orchestrator", "up", str(file)],
@@ -84,7 +85,15 @@ class RunningTree:
 
     @property
     def pid(self) -> int:
+        """The `orch up` process: the guardian, whose child is the root (see `root_pid`)."""
         return self.process.pid
+
+    @property
+    def root_pid(self) -> int:
+        """The root node's pid, from the tree view (asked once: it never changes)."""
+        if self._root_pid is None:
+            self._root_pid = self.node("")["pid"]
+        return self._root_pid
 
     def orch(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
         """Run the `orch` CLI against this tree's run directory."""
@@ -137,7 +146,7 @@ class RunningTree:
         return self.output.read_text(errors="replace")
 
     def kill_everything(self) -> None:
-        """Cleanup by pid: the root, its live descendants and every pid ever seen."""
+        """Cleanup by pid: the guardian, its live descendants and every pid ever seen."""
         targets = {proc.pid: None for proc in descendants(self.process.pid)}
         targets.update(self.seen)  # with create times, so a reused pid is left alone
         killed = [pid for pid, created in targets.items()

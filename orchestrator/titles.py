@@ -22,6 +22,13 @@ def set_node_title(tree: str, path: str) -> None:
         _set_title(node_title(tree, path))
 
 
+def set_guardian_title(tree: str) -> None:
+    """Title the process above the root (orchestrator/guardian.py). It is not a node and
+    never outlives its root, so `claimants` leaves it out: it is never a leftover."""
+    if _set_title is not None:
+        _set_title(f"{PREFIX}{tree} (guardian)")
+
+
 def claimants(tree: str) -> Iterator[psutil.Process]:
     """Processes whose title says they belong to `tree`."""
     node_prefix = f"{PREFIX}{tree}/"

@@ -130,8 +130,8 @@ def test_tree_json_lists_every_node_with_os_pids(orch_tree, orch_env):
         assert NODE_KEYS <= set(node), node
         assert node["restarts"] == 0
     by_path = {n["path"]: n for n in nodes}
-    assert by_path[""]["pid"] == tree.pid and by_path[""]["name"] == "cli"
-    assert by_path[""]["ppid"] == os.getpid()
+    assert by_path[""]["pid"] == tree.root_pid and by_path[""]["name"] == "cli"
+    assert by_path[""]["ppid"] == tree.pid  # the guardian: the `orch up` process
     assert by_path["a"]["daemon"] is True and by_path["sup/b"]["daemon"] is False
     assert_mirrors_os(nodes)
 
@@ -263,7 +263,7 @@ def test_second_up_of_the_same_name_refuses(orch_tree, orch_env, detach):
     result = run_orch(*args, env=orch_env, timeout=30)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "already running" in result.stderr
-    assert str(tree.pid) in result.stderr  # it names the root that holds the tree
+    assert str(tree.root_pid) in result.stderr  # it names the root that holds the tree
     assert tree.pids() == before
     assert tree.process.poll() is None
     assert_mirrors_os(tree.nodes())
@@ -274,7 +274,7 @@ def test_second_up_of_the_same_name_refuses(orch_tree, orch_env, detach):
 
 def kill_root_leaving_stale_socket(tree):
     seen = [pid for pid in tree.pids().values()]
-    os.kill(tree.pid, signal.SIGKILL)
+    os.kill(tree.root_pid, signal.SIGKILL)  # not the guardian: the root would then remove its socket
     tree.process.wait(10)
     wait_for(lambda: all(gone(pid) for pid in seen), message="the tree to die by parent-death signal")
     assert socket_path(tree.env, tree.name).exists(), "the test needs a stale socket"

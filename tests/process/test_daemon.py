@@ -77,7 +77,7 @@ def test_children_of_a_sigkilled_supervisor_die_with_it(orch_tree):
     for path in ("sup/d", "sup/dsup", "sup/dsup/g", "sup/n"):
         wait_for(lambda: gone(old[path]), timeout=3, message=f"{path} ({old[path]}) gone after sup was killed")
     new = {node["path"]: node["pid"] for node in tree.wait_running()}
-    assert new["sup"] != old["sup"] and psutil.Process(new["sup"]).ppid() == tree.pid
+    assert new["sup"] != old["sup"] and psutil.Process(new["sup"]).ppid() == tree.root_pid
     assert psutil.Process(new["sup/dsup/g"]).ppid() == new["sup/dsup"]
     assert down(tree)[:2] == (0, 0)
 
@@ -128,7 +128,7 @@ def test_daemon_supervisor_runs_its_children(orch_tree):
     ''')
     pids = tree.pids()
     assert tree.node("dsup")["daemon"] is True
-    assert psutil.Process(pids["dsup"]).ppid() == tree.pid
+    assert psutil.Process(pids["dsup"]).ppid() == tree.root_pid
     assert psutil.Process(pids["dsup/x"]).ppid() == pids["dsup"]
     assert psutil.Process(pids["dsup/inner"]).ppid() == pids["dsup"]
     assert psutil.Process(pids["dsup/inner/y"]).ppid() == pids["dsup/inner"]

@@ -69,7 +69,8 @@ def matches_spec(tree):
 
 
 def tree_processes(tree):
-    return {proc.pid for proc in descendants(tree.pid)}
+    """The root's descendants: the processes of the tree below the root."""
+    return {proc.pid for proc in descendants(tree.root_pid)}
 
 
 def helper_pids(tmp_path):
@@ -125,12 +126,14 @@ def test_chaos_random_kills_then_convergence(orch_tree, tmp_path):
 
 
 @pytest.mark.timeout(30)
-def test_sigkill_of_the_root_leaves_no_process(orch_tree, tmp_path):
+@pytest.mark.parametrize("victim", ["guardian", "root"])
+def test_sigkill_of_the_root_leaves_no_process(orch_tree, tmp_path, victim):
+    """A user may kill either: the `orch up` process (the guardian) or the root node's."""
     tree = start(orch_tree, tmp_path)
     wait_for(lambda: len(helper_pids(tmp_path)) == 1, message="w4 forked its helper")
-    everyone = tree_processes(tree) | set(helper_pids(tmp_path))
+    everyone = tree_processes(tree) | set(helper_pids(tmp_path)) | {tree.root_pid}
 
-    os.kill(tree.pid, signal.SIGKILL)
+    os.kill(tree.pid if victim == "guardian" else tree.root_pid, signal.SIGKILL)
     tree.wait_exit()
 
     wait_for(lambda: all(gone(pid) for pid in everyone), timeout=CONVERGE,
@@ -200,7 +203,7 @@ def test_crash_loop_is_rate_limited_and_cheap(orch_tree, tmp_path):
         backoff_max = 1.0
     ''', wait=False)
     wait_for(lambda: tree.node("crasher")["restarts"] >= 3, message="crash loop under way")
-    root = psutil.Process(tree.pid)
+    root = psutil.Process(tree.root_pid)
     cpu_before = sum(root.cpu_times()[:2])
     restarts_before = tree.node("crasher")["restarts"]
     window = 3.0

@@ -483,7 +483,7 @@ def test_another_user_cannot_connect_to_the_control_socket(world_traversable_run
 
     # The same client as the owner does get through: the path and the client are right.
     mine = in_child(try_socket(path))
-    assert mine["connect"] == "ok" and mine["reply"]["pid"] == tree.pid, mine
+    assert mine["connect"] == "ok" and mine["reply"]["pid"] == tree.root_pid, mine
 
     theirs = in_child(try_socket(path), uid, gid)
     assert theirs["uid"] == uid, theirs
@@ -606,7 +606,7 @@ def test_one_client_with_64k_of_empty_lines_does_not_stall_the_root(orch_tree, o
         sock.sendall(b"\n" * (control.MAX_REQUEST - 1))  # 65,535 empty requests, none oversized
     started = time.monotonic()
     reply = control_request(orch_env, tree.name, {"cmd": "ping"}, timeout=3.0)
-    assert reply["pid"] == tree.pid, reply
+    assert reply["pid"] == tree.root_pid, reply
     assert time.monotonic() - started < 3.0
 
 

@@ -94,7 +94,7 @@ def test_a_round_counts_as_one_restart(orch_tree, tmp_path, strategy, victim):
                   message="all three started again")
     second = tree.pids()
     assert tree.process.poll() is None, "one round is one restart: the root did not give up"
-    assert all(psutil.Process(second[name]).ppid() == tree.pid for name in "abc")
+    assert all(psutil.Process(second[name]).ppid() == tree.root_pid for name in "abc")
 
     os.kill(second[victim], signal.SIGKILL)
     code, seen = watch_until_exit(tree)
@@ -144,12 +144,12 @@ def test_sub_supervisor_gives_up_and_its_parent_applies_its_restart_rule(orch_tr
     if restart == "never":
         node = tree.node("sup")
         assert (node["state"], node["pid"]) == ("failed", None)
-        assert [p.pid for p in psutil.Process(tree.pid).children()] == [first["peer"]]
+        assert [p.pid for p in psutil.Process(tree.root_pid).children()] == [first["peer"]]
     else:
         nodes = tree.wait_running()
         pids = {node["path"]: node["pid"] for node in nodes}
         assert tree.node("sup")["restarts"] == 1
-        assert psutil.Process(pids["sup"]).ppid() == tree.pid
+        assert psutil.Process(pids["sup"]).ppid() == tree.root_pid
         for name in "abc":
             assert pids[f"sup/{name}"] not in (first[f"sup/{name}"], second["pid"])
             assert psutil.Process(pids[f"sup/{name}"]).ppid() == pids["sup"]
@@ -219,7 +219,7 @@ def test_crash_looping_worker_makes_its_supervisor_give_up(orch_tree):
     assert (node["pid"], node["restarts"]) == (None, 3)
     assert "sup: giving up: sup/crasher exited with code 1; more than 3 restarts within 5s" in tree.read_output()
     assert tree.process.poll() is None
-    assert [p.pid for p in psutil.Process(tree.pid).children()] == [tree.node("peer")["pid"]]
+    assert [p.pid for p in psutil.Process(tree.root_pid).children()] == [tree.node("peer")["pid"]]
     assert stop(tree) == 0
 
 

@@ -95,7 +95,7 @@ def ignores_sigterm(pid: int) -> bool:
 def test_every_node_is_a_process_of_its_parent_node(orch_tree, tmp_path, start_method):
     tree = orch_tree(three_levels(tmp_path / "log", start_method))
     pids = tree.pids()
-    assert pids[""] == tree.pid
+    assert pids[""] == tree.root_pid
     for path in DEPTH_FIRST:
         parent = path.rpartition("/")[0]
         assert psutil.Process(pids[path]).ppid() == pids[parent], f"{path} is a child of {parent or 'the root'}"
@@ -113,7 +113,7 @@ def _is_resource_tracker(proc: psutil.Process) -> bool:
 def test_siblings_start_in_spec_order(orch_tree, tmp_path):
     tree = orch_tree(three_levels(tmp_path / "log"))
     pids = tree.pids()
-    assert created_in_order([pids[p] for p in ("a", "s", "c")], after=tree.pid)
+    assert created_in_order([pids[p] for p in ("a", "s", "c")], after=tree.root_pid)
     assert created_in_order([pids[p] for p in ("s/x", "s/t", "s/z")], after=pids["s"])
     assert stop_with(tree, "SIGTERM") == 0
 
@@ -123,7 +123,7 @@ def test_start_is_depth_first_a_supervisor_subtree_is_up_before_its_next_sibling
     """OTP starts children one at a time; a supervisor child counts as started once its children are."""
     tree = orch_tree(three_levels(tmp_path / "log"))
     pids = tree.pids()
-    order = sorted(DEPTH_FIRST, key=lambda path: (pids[path] - tree.pid) % PID_MAX)
+    order = sorted(DEPTH_FIRST, key=lambda path: (pids[path] - tree.root_pid) % PID_MAX)
     assert order == DEPTH_FIRST, "processes were created in depth-first spec order"
     assert stop_with(tree, "SIGTERM") == 0
 

@@ -37,7 +37,7 @@ def test_replicas_are_nodes_and_stop_as_a_group_before_earlier_siblings(orch_tre
     assert sorted(p for p in pids if p) == ["first", "pool#0", "pool#1", "pool#2",
                                            "stubborn#0", "stubborn#1", "stubborn#2"]
     for path in ("pool#0", "stubborn#2"):
-        assert psutil.Process(pids[path]).ppid() == tree.pid
+        assert psutil.Process(pids[path]).ppid() == tree.root_pid
     wait_for(lambda: log.exists() and len(log.read_text().split("\n")) > 4, message="starts recorded")
 
     began = time.monotonic()

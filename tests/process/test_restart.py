@@ -79,7 +79,7 @@ def test_restart_type_by_exit_reason(orch_tree, tmp_path, restart, reason, outco
         assert (node["state"], node["pid"], node["restarts"]) == (outcome, None, 0)
         assert gone(old)
         assert [p.pid for p in psutil.Process(sup).children()] == [], "nothing was started again"
-    assert tree.node("sup")["pid"] == sup and psutil.Process(sup).ppid() == tree.pid
+    assert tree.node("sup")["pid"] == sup and psutil.Process(sup).ppid() == tree.root_pid
     assert stop(tree) == 0
 
 

@@ -20,6 +20,6 @@ def test_nested_tree_mirrors_spec(orch_tree):
           worker = "t.sleep"
     ''')
     pids = tree.pids()
-    assert psutil.Process(pids["a"]).ppid() == tree.pid
-    assert psutil.Process(pids["sup"]).ppid() == tree.pid
+    assert psutil.Process(pids["a"]).ppid() == tree.root_pid
+    assert psutil.Process(pids["sup"]).ppid() == tree.root_pid
     assert psutil.Process(pids["sup/b"]).ppid() == pids["sup"]

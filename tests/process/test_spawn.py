@@ -46,24 +46,25 @@ def test_spawn_tree_mirrors_spec_in_the_os(orch_tree, orch_env):
     nodes = [n for n in json_tree(orch_env, "spawned") if n["kind"] != "helper"]
     assert [n["path"] for n in nodes] == PATHS
     by_path = {n["path"]: n for n in nodes}
-    assert by_path[""]["pid"] == tree.pid
+    assert by_path[""]["pid"] == tree.root_pid
     for node in nodes[1:]:
         proc = psutil.Process(node["pid"])
         assert proc.ppid() == node["ppid"] == by_path[node["parent"]]["pid"], node
-    assert len(tracker_pids(tree.pid)) == 1, "no resource tracker: was this really spawn?"
+    assert len(tracker_pids(tree.root_pid)) == 1, "no resource tracker: was this really spawn?"
 
 
 def test_helpers_are_listed_honestly(orch_tree, orch_env):
     tree = orch_tree(TREE)
     rows = json_tree(orch_env, "spawned")
     helpers = [row for row in rows if row["kind"] == "helper"]
-    trackers = tracker_pids(tree.pid)
+    root = tree.root_pid
+    trackers = tracker_pids(root)
     assert len(trackers) == 1, trackers
-    assert [(h["pid"], h["ppid"], h["parent"]) for h in helpers] == [(trackers[0], tree.pid, "")]
+    assert [(h["pid"], h["ppid"], h["parent"]) for h in helpers] == [(trackers[0], root, "")]
     # Every process below the root is a row, with the ppid the OS reports; nothing is made up.
     listed = {row["pid"]: row["ppid"] for row in rows}
-    actual = {proc.pid: proc.ppid() for proc in descendants(tree.pid)}
-    actual[tree.pid] = os.getpid()
+    actual = {proc.pid: proc.ppid() for proc in descendants(root)}
+    actual[root] = tree.pid  # the root's parent is the guardian, the `orch up` process
     assert listed == actual
 
 

@@ -1,13 +1,15 @@
 """Plugin manager: bundled plugins, entry points and tree-file plugins -> worker catalog."""
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
+import io
 import os
 import sys
 import types
 import zlib
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import attrs
 import pluggy
@@ -85,10 +87,9 @@ def _blocked() -> List[str]:
 def _register(manager, plugin, name, problems, ref=None) -> None:
     if manager.is_blocked(name):
         return
-    try:
-        manager.register(plugin, name=name)
-    except (ValueError, pluggy.PluginValidationError) as error:
-        problems.append((ref, f"plugin {name!r} is invalid: {error}"))
+    _, failure = run_plugin_code(lambda: manager.register(plugin, name=name))
+    if failure:
+        problems.append((ref, f"plugin {name!r} is invalid: {failure}"))
 
 
 def _load_entry_points(manager, problems) -> None:
@@ -100,22 +101,55 @@ def _load_entry_points(manager, problems) -> None:
         for entry in dist.entry_points:
             if entry.group != ENTRY_POINT_GROUP or manager.is_blocked(entry.name):
                 continue
-            try:
-                plugin = entry.load()
-            except Exception as error:  # any import-time failure of foreign code
+            plugin, failure = run_plugin_code(entry.load)
+            if failure:
                 problems.append((None, f"entry point {entry.name!r} of package "
-                                       f"{dist.metadata['name']!r} failed to load: {error!r}"))
+                                       f"{dist.metadata['name']!r} failed to load: {failure}"))
                 continue
             _register(manager, plugin, entry.name, problems)
 
 
 def _load_tree_plugin(manager, ref: str, problems) -> None:
-    try:
-        module = _import_path(ref) if ref.endswith(".py") else importlib.import_module(ref)
-    except Exception as error:  # plugin code may raise anything at import
-        problems.append((ref, f"cannot load plugin {ref!r}: {type(error).__name__}: {error}"))
+    module, failure = run_plugin_code(
+        lambda: _import_path(ref) if ref.endswith(".py") else importlib.import_module(ref))
+    if failure:
+        problems.append((ref, f"cannot load plugin {ref!r}: {failure}"))
         return
     _register(manager, module, ref, problems, ref=ref)
+
+
+# How much of what a failing plugin printed is quoted in its problem.
+_QUOTED_OUTPUT = 300
+
+
+def run_plugin_code(call: Callable[[], Any]) -> Tuple[Any, Optional[str]]:
+    """Run plugin code (an import, a hook): (result, None), or (None, why it failed).
+
+    Plugin code is user input running inside the root: whatever it raises, SystemExit
+    from an argparse at import and KeyboardInterrupt included, becomes a problem
+    report and never unwinds the caller. What it prints meanwhile is captured and
+    quoted, so a usage text reads as that plugin failing, not as orch's own output.
+    """
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+            return call(), None
+    except BaseException as error:  # noqa: B036 - see the docstring
+        return None, _failure_text(error, printed.getvalue())
+
+
+def _failure_text(error: BaseException, printed: str) -> str:
+    if isinstance(error, SystemExit):
+        text = f"it called sys.exit({error.code!r})"
+    elif isinstance(error, KeyboardInterrupt):
+        text = "it raised KeyboardInterrupt"
+    else:
+        text = f"{type(error).__name__}: {error}"
+    printed = " ".join(printed.split())
+    if printed:
+        quoted = printed if len(printed) <= _QUOTED_OUTPUT else printed[:_QUOTED_OUTPUT] + "..."
+        text += f"; it printed: {quoted}"
+    return text
 
 
 def _import_path(path: str) -> types.ModuleType:
@@ -163,11 +197,9 @@ def _collect_workers(manager, problems) -> Dict[str, WorkerEntry]:
 
 
 def _plugin_workers(impl, plugin_name: str, problems) -> List[WorkerEntry]:
-    try:
-        result = impl.function()
-    except Exception as error:
-        problems.append((None, f"plugin {plugin_name!r}: orch_workers() raised "
-                               f"{type(error).__name__}: {error}"))
+    result, failure = run_plugin_code(impl.function)
+    if failure:
+        problems.append((None, f"plugin {plugin_name!r}: orch_workers() failed: {failure}"))
         return []
     if not isinstance(result, dict):
         problems.append((None, f"plugin {plugin_name!r}: orch_workers() must return a dict "

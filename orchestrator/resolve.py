@@ -66,6 +66,8 @@ def _bind_problems(worker: str, function: Any, args: Mapping[str, Any]) -> List[
         signature = inspect.signature(function)
     except (ValueError, TypeError):
         return []  # builtins without a signature: nothing to check against
+    except BaseException as error:  # noqa: B036 - a plugin's __signature__ is user code
+        return [(None, f"worker {worker!r}: its signature cannot be read: {type(error).__name__}: {error}")]
     try:
         signature.bind(**args)
         return []

@@ -4,6 +4,7 @@ from __future__ import annotations
 import bisect
 import os
 import re
+import stat
 import sys
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
@@ -40,10 +41,42 @@ class SourceMap:
         return None
 
 
-def load_source(path: str) -> Tuple[Dict[str, Any], SourceMap]:
-    """Read and parse a tree file; raise InvalidInput naming `path` as given."""
-    data = _read_bytes(path)
-    return parse_source(_decode(data, path), path)
+def load_source(path: str, text: Optional[str] = None) -> Tuple[Dict[str, Any], SourceMap]:
+    """Read and parse a tree file (or `text`, already read from it by a client);
+    raise InvalidInput naming `path` as given."""
+    if text is None:
+        text = read_text(path)
+    return parse_source(text, path)
+
+
+def read_text(path: str) -> str:
+    """The tree file's text, for a command-line process: any readable file will do,
+    a pipe from `<(...)` or /dev/stdin included (blocking is the caller's own business)."""
+    return _decode(_read_bytes(path), path)
+
+
+def read_regular_text(path: str) -> str:
+    """The tree file's text, for a long-running process that must never block: only a
+    regular file is read, opened without blocking (a FIFO would hang open() or read())."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _open_problem(path, exc) from None
+    except ValueError as exc:  # an embedded NUL in the path
+        raise _invalid(path, None, f"cannot read the tree file: {exc}") from None
+    with os.fdopen(fd, "rb") as handle:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise _invalid(path, None, f"is {_file_kind(mode)}, not a regular file; orch reads "
+                                       "tree files only from regular files here") from None
+        return _decode(_read_limited(handle, path), path)
+
+
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+             (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"))
+    return next((name for test, name in kinds if test(mode)), "a special file")
 
 
 def parse_source(text: str, file: str) -> Tuple[Dict[str, Any], SourceMap]:
@@ -70,22 +103,33 @@ def _invalid(file: str, line: Optional[int], message: str) -> InvalidInput:
 def _read_bytes(path: str) -> bytes:
     try:
         with open(path, "rb") as handle:
-            # Read one byte past the limit: enough to know it is too big, even for
-            # pipes and special files whose size stat() cannot tell.
-            data = handle.read(MAX_BYTES + 1)
-            if len(data) > MAX_BYTES:
-                raise _invalid(path, None, _too_big(_size_of(handle, len(data))))
-            return data
-    except IsADirectoryError:
-        raise _invalid(path, None, "is a directory, not a tree file") from None
-    except FileNotFoundError:
-        raise _invalid(path, None, "no such file") from None
-    except PermissionError:
-        raise _invalid(path, None, "cannot read the tree file: permission denied") from None
+            return _read_limited(handle, path)
     except OSError as exc:
-        raise _invalid(path, None, f"cannot read the tree file: {exc.strerror or exc}") from None
+        raise _open_problem(path, exc) from None
     except ValueError as exc:  # e.g. an embedded NUL in the path
         raise _invalid(path, None, f"cannot read the tree file: {exc}") from None
+
+
+def _read_limited(handle: Any, path: str) -> bytes:
+    # Read one byte past the limit: enough to know it is too big, even for
+    # pipes and special files whose size stat() cannot tell.
+    try:
+        data = handle.read(MAX_BYTES + 1)
+    except OSError as exc:
+        raise _open_problem(path, exc) from None
+    if len(data) > MAX_BYTES:
+        raise _invalid(path, None, _too_big(_size_of(handle, len(data))))
+    return data
+
+
+def _open_problem(path: str, exc: OSError) -> InvalidInput:
+    if isinstance(exc, IsADirectoryError):
+        return _invalid(path, None, "is a directory, not a tree file")
+    if isinstance(exc, FileNotFoundError):
+        return _invalid(path, None, "no such file")
+    if isinstance(exc, PermissionError):
+        return _invalid(path, None, "cannot read the tree file: permission denied")
+    return _invalid(path, None, f"cannot read the tree file: {exc.strerror or exc}")
 
 
 def _size_of(handle: Any, at_least: int) -> int:

@@ -11,7 +11,7 @@ from orchestrator import resolve, source
 from orchestrator.errors import InvalidInput, Problem
 from orchestrator.resolve import CatalogLoader
 from orchestrator.source import KeyPath, SourceMap
-from orchestrator.values import CHECKS, NAME, Bad, describe, did_you_mean, start_method
+from orchestrator.values import CHECKS, Bad, describe, did_you_mean, name_problem, start_method
 from orchestrator.spec import (
     DEFAULT_BACKOFF,
     DEFAULT_INTENSITY,
@@ -45,10 +45,16 @@ _ALL_KEYS = _ROOT_KEYS | _ALLOWED[None]
 
 
 
-def load_tree(path: str, *, catalog_loader: Optional[CatalogLoader] = None) -> TreeSpec:
-    """Parse, validate and resolve workers of the tree file at `path`, or raise InvalidInput."""
-    data, smap = source.load_source(path)
-    validator = _Validator(path, smap)
+def load_tree(path: str, *, text: Optional[str] = None, shown: Optional[str] = None,
+              catalog_loader: Optional[CatalogLoader] = None) -> TreeSpec:
+    """Parse, validate and resolve workers of the tree file at `path`, or raise InvalidInput.
+
+    `text` is the file's text when a client read it for us (the root never opens a
+    client's path); `shown` is the name to report problems under (the path as the
+    user typed it), while plugin files resolve relative to `path`.
+    """
+    data, smap = source.load_source(shown or path, text)
+    validator = _Validator(shown or path, smap, source_path=path)
     spec = validator.tree(data)
     if validator.plugins_ok:
         resolve.check_workers(validator, resolve.default_loader(catalog_loader))
@@ -78,7 +84,7 @@ class _At:
     def child(self, index: int, data: Mapping[str, Any]) -> "_At":
         name = data.get("name")
         # A bad name cannot label the node, so fall back to its position.
-        label = name if isinstance(name, str) and NAME.fullmatch(name) else f"children[{index}]"
+        label = name if isinstance(name, str) and not name_problem(name) else f"children[{index}]"
         path = f"{self.path}/{label}" if self.path else label
         return _At(self.keys + ("children", index), path, self.depth + 1)
 
@@ -95,10 +101,11 @@ class _WorkerUse:
 class _Validator:
     """Walks the document once, collecting problems and the worker uses."""
 
-    def __init__(self, file: str, smap: SourceMap) -> None:
+    def __init__(self, file: str, smap: SourceMap, source_path: Optional[str] = None) -> None:
         self.file = file
         self.smap = smap
-        self.base_dir = os.path.dirname(os.path.abspath(file))
+        self.source_path = source_path or file
+        self.base_dir = os.path.dirname(os.path.abspath(self.source_path))
         self.problems: List[Problem] = []
         self.uses: List[_WorkerUse] = []
         self.plugin_refs: Tuple[str, ...] = ()  # as written, same order as `plugins`
@@ -122,7 +129,7 @@ class _Validator:
         root = self._node(data, _At((), "", 0), "root")
         if root is None or self.problems:
             return None
-        return TreeSpec(root.name, self.file, start_method, self.plugins, root)
+        return TreeSpec(root.name, self.source_path, start_method, self.plugins, root)
 
     def start_method(self, data: Mapping[str, Any]) -> StartMethod:
         if "start_method" not in data:

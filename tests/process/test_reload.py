@@ -186,7 +186,7 @@ def test_live_key_changes_keep_pids_and_take_effect(orch_tree):
     os.kill(old, signal.SIGKILL)
     node = tree.wait_for(lambda: (n := tree.node("r"))["state"] == "running" and n["pid"] not in (None, old) and n,
                          message="r restarted under its new restart rule")
-    assert psutil.Process(node["pid"]).ppid() == tree.pid
+    assert psutil.Process(node["pid"]).ppid() == tree.root_pid
     assert gone(old)
 
 
@@ -313,7 +313,7 @@ def test_file_of_another_tree_is_refused(orch_tree, monkeypatch):
     assert "'theirs' is not running" in result.stderr
     # Asked directly, the root refuses a file that names another tree.
     monkeypatch.setenv(control.ENV_RUN_DIR, tree.env[control.ENV_RUN_DIR])
-    reply = control.request("mine", {"cmd": "reload", "file": str(other)})
+    reply = control.request("mine", {"cmd": "reload", "file": str(other), "text": other.read_text()})
     assert not reply["ok"]
     assert "describes tree 'theirs'" in reply["error"] and "nothing was changed" in reply["error"]
     assert os_pids(tree) == before
@@ -375,7 +375,7 @@ def test_sighup_reloads_the_file_the_tree_started_from(orch_tree):
     os.kill(tree.pid, signal.SIGHUP)
     node = tree.wait_for(lambda: (n := tree.node("added"))["state"] == "running" and n,
                          message="the node added to the file to run after SIGHUP")
-    assert psutil.Process(node["pid"]).ppid() == tree.pid
+    assert psutil.Process(node["pid"]).ppid() == tree.root_pid
     assert {path: os_pids(tree)[path] for path in before} == before
 
 

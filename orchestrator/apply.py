@@ -21,9 +21,9 @@ class ApplyMixin:
             return
         parent, _, name = path.rpartition("/")
         if parent == self.node.path:
-            slot = next((slot for slot in self.slots if slot.spec.name == name), None)
-            if slot is not None:
-                self._when_idle(lambda: self._node_command(kind, slot))
+            # Looked up when it runs, not now: a reload queued ahead of it may replace
+            # the slot, and acting on the old one would start a second process for the node.
+            self._when_idle(lambda: self._node_command(kind, name))
             return
         for slot in self.slots:
             if slot.running is not None and slot.running.uplink is not None \
@@ -39,11 +39,14 @@ class ApplyMixin:
         else:
             action()
 
-    def _node_command(self, kind: str, slot: Slot) -> None:
+    def _node_command(self, kind: str, name: str) -> None:
         """Restart one child; orch causes this stop, so it never counts as a failure.
 
         (`orch stop`/`orch start` arrive as an `apply` with the node's `held` flag.)
         """
+        slot = next((slot for slot in self.slots if slot.spec.name == name), None)
+        if slot is None:
+            return  # a reload removed it meanwhile
         if kind == "restart" and not slot.spec.held:
             self._cancel_retry(slot)
             slot.restarts += 1
@@ -78,6 +81,8 @@ class ApplyMixin:
                 slot = Slot(child, restarts=slot.restarts + 1 if slot else 0)
             slots.append(slot)
         going = [old_slots[name] for name in level.remove + level.replace]
+        for slot in going:
+            slot.retired = True  # never to be started again: its node is gone or replaced
         for slot in going + held:
             self._cancel_retry(slot)
         self._retiring += [slot for slot in going if slot.running is not None]

@@ -27,6 +27,8 @@ def add_parsers(commands) -> None:
 
     down = commands.add_parser("down", help="stop a tree; returns when every process is gone")
     down.add_argument("name", nargs="?", help="tree name (default: the only running tree)")
+    down.add_argument("--kill", action="store_true",
+                      help="SIGKILL every process now instead of the graceful stop (also during one)")
     down.set_defaults(func=cmd_down)
 
     for name, text in (("diff", "show what `orch reload FILE` would change"),
@@ -65,7 +67,10 @@ def cmd_tree(args) -> int:
 
 def cmd_down(args) -> int:
     name = one_tree(args.name)
-    reply = ask(name, {"cmd": "down"})
+    reply = ask(name, {"cmd": "down", "kill": args.kill})
+    if reply.get("already_stopping") and not args.kill:
+        print(f"orch: tree {name!r} is already stopping; waiting for it (`orch down --kill` "
+              "to SIGKILL what is left)", file=sys.stderr)
     budget = reply["stop_budget"] + 5.0
     alive = livetree.wait_gone(reply["pids"], timeout=budget)
     if alive:
@@ -90,8 +95,7 @@ def cmd_reload(args) -> int:
     name = reply["tree"]
     _wait_applied(name, reply["generation"])
     changed = {change["path"] for change in reply["changes"] if change["op"] in ("add", "restart")}
-    settled = _wait_settled(name, lambda nodes: True)
-    failing = _not_running(settled) or _unsteady(name, settled, changed)
+    failing = _verdict(name, changed)
     if failing:
         listing = ", ".join(f"{node['path']} ({node['state']})" for node in failing)
         raise RuntimeFailure(f"reload applied, but not everything runs: {listing}; "
@@ -114,28 +118,47 @@ def _not_running(nodes: List[dict]) -> List[dict]:
             if node["kind"] in ("supervisor", "worker") and node["state"] not in ("running", "stopped")]
 
 
-def _unsteady(name: str, settled: List[dict], changed: set) -> List[dict]:
-    """Changed nodes that exited within the grace period after the reload."""
-    pids = {node["path"]: node["pid"] for node in settled if node["path"] in changed}
+def _verdict(name: str, changed: set) -> List[dict]:
+    """What does not run after a reload, judged only on a settled tree.
+
+    Changed nodes that fail within the grace period count too (a worker that crashes
+    at start-up is caught here). Failures, not pid changes, are the test: a restart
+    someone asked for meanwhile, or a sibling's restart round, is not a crash.
+    """
+    settled = _wait_settled(name, lambda nodes: True)
+    failures = {node["path"]: node.get("failures", 0) for node in settled if node["path"] in changed}
     deadline = time.monotonic() + RELOAD_GRACE
-    while time.monotonic() < deadline:
-        nodes = ask(name, {"cmd": "tree"})["nodes"]
-        unsteady = [node for node in nodes if node["path"] in pids and (
-            node["state"] in ("failed", "backoff", "restarting") or
-            node["pid"] not in (None, pids[node["path"]]))]
-        if unsteady:
-            return unsteady
+    while True:
+        crashed = [node for node in settled
+                   if node["path"] in failures and node.get("failures", 0) > failures[node["path"]]]
+        if crashed or time.monotonic() >= deadline:
+            return crashed or _not_running(settled)
         time.sleep(0.05)
-    return []
+        settled = _wait_settled(name, lambda nodes: True)
 
 
 def _plan(args, command: str) -> dict:
-    from orchestrator.validate import load_tree
+    """Ask the running tree for the plan of `args.file`; the root validates it in full.
 
-    tree = load_tree(args.file)  # every problem reported here, before the root is asked
-    reply = control.request(tree.name, {"cmd": command, "file": os.path.abspath(args.file)})
+    This side reads the file (it may be a pipe from `<(...)`, which only we can open)
+    and checks only what it needs to find the tree's name; plugins are imported once,
+    by the root, which reports every problem with the same messages as `orch validate`.
+    """
+    from orchestrator.source import parse_source, read_text
+    from orchestrator.validate import validate_document
+
+    text = read_text(args.file)
+    try:
+        name = validate_document(*parse_source(text, args.file), args.file).name
+    except InvalidInput:
+        from orchestrator.validate import load_tree
+
+        load_tree(args.file, text=text)  # every problem at once, as `orch validate` reports them
+        raise
+    reply = control.request(name, {"cmd": command, "file": os.path.abspath(args.file),
+                                   "shown": args.file, "text": text})
     if reply.get("problems"):
-        raise InvalidInput(Problem(args.file, None, None, line) for line in reply["problems"])
+        raise InvalidInput(Problem(**problem) for problem in reply["problems"])
     if not reply.get("ok"):
         raise RuntimeFailure(f"tree {tree.name!r}: {reply.get('error', 'request failed')}")
     return reply
@@ -159,22 +182,33 @@ def _print_plan(reply: dict, as_json: bool, applied: bool) -> None:
 
 def cmd_node(args) -> int:
     name = one_tree(args.name)
-    nodes = ask(name, {"cmd": "tree"})["nodes"]
-    paths = [node["path"] for node in nodes if node["kind"] in ("supervisor", "worker") and node["path"]]
-    if args.path not in paths:
-        raise UsageError(f"no node {args.path!r} in tree {name!r}; nodes: {', '.join(paths)}")
-    before = _node(nodes, args.path)
-    ask(name, {"cmd": args.command, "path": args.path})
+    # The root checks the path and whether the command can apply (exit 2 at once if not)
+    # and says which pid the node had, so a restart is done once that pid is replaced.
+    before = ask(name, {"cmd": args.command, "path": args.path}).get("pid")
     wanted = {
         "stop": lambda node: node["state"] == "stopped" and node["pid"] is None,
         "start": lambda node: node["state"] == "running",
-        "restart": lambda node: node["state"] == "running" and node["pid"] != before["pid"],
+        "restart": lambda node: node["state"] == "running" and node["pid"] != before,
     }[args.command]
-    nodes = _wait_settled(name, lambda nodes: wanted(_node(nodes, args.path)))
+    # A concurrent `orch stop` of this node or an ancestor ends the wait too: it will not run.
+    held_meanwhile = (lambda nodes: False) if args.command == "stop" else \
+        (lambda nodes: _holder(nodes, args.path) is not None)
+    nodes = _wait_settled(name, lambda nodes: wanted(_node(nodes, args.path)) or held_meanwhile(nodes))
     node = _node(nodes, args.path)
-    print(f"orch: {name}/{args.path}: {node['state']}" + (f" (pid {node['pid']})" if node["pid"] else ""),
-          file=sys.stderr)
+    holder = None if wanted(node) or args.command == "stop" else _holder(nodes, args.path)
+    print(f"orch: {name}/{args.path}: {node['state']}" + (f" (pid {node['pid']})" if node["pid"] else "")
+          + (f"; {holder} was stopped meanwhile (held)" if holder else ""), file=sys.stderr)
     return EXIT_OK if wanted(node) else EXIT_FAILURE
+
+
+def _holder(nodes: List[dict], path: str) -> Optional[str]:
+    """The path of `path` or its nearest ancestor that is held, if any."""
+    held = {node["path"] for node in nodes if node.get("held")}
+    while path:
+        if path in held:
+            return path
+        path = path.rpartition("/")[0]
+    return None
 
 
 def _node(nodes: List[dict], path: str) -> dict:
@@ -217,5 +251,6 @@ def one_tree(name: Optional[str]) -> str:
 def ask(name: str, command: dict) -> dict:
     reply = control.request(name, command)
     if not reply.get("ok"):
-        raise RuntimeFailure(f"tree {name!r}: {reply.get('error', 'request failed')}")
+        failure = UsageError if reply.get("usage") else RuntimeFailure
+        raise failure(f"tree {name!r}: {reply.get('error', 'request failed')}")
     return reply

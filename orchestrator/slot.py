@@ -20,6 +20,7 @@ class Slot:
     running: Optional[spawn.Running] = None
     state: str = "stopped"
     restarts: int = 0
+    failures: int = 0  # exits orch did not cause, since this slot was created
     stop_requested: bool = False  # we signalled it, so its exit is not a failure
     ready: bool = False  # a supervisor child has reported its subtree up
     retry: Optional[Timer] = None
@@ -27,6 +28,7 @@ class Slot:
     report: Optional[str] = None  # why a supervisor child last gave up
     quick_exits: int = 0  # consecutive exits soon after starting (crash-loop backoff)
     last_uptime: float = 0.0
+    retired: bool = False  # replaced or removed by a reload: may finish stopping, never start
 
     @property
     def settled(self) -> bool:

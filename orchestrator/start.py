@@ -37,7 +37,7 @@ class StartSequence:
         while self._waiting is None and self._queue and not self._finished:
             slot = self._queue.popleft()
             self._start(slot)
-            if slot.spec.is_supervisor and slot.running is not None:
+            if slot.spec.is_supervisor and slot.running is not None and not slot.ready:
                 self._waiting = slot
         if self._waiting is None and not self._queue and not self._finished:
             self._finished = True

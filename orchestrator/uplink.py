@@ -7,7 +7,7 @@ from typing import Optional, Protocol
 from orchestrator.loop import Loop
 
 # Messages travel up as tuples, forwarded unchanged by every supervisor on the way:
-#   ("node", path, pid, state, restarts, started_at)   a child changed state
+#   ("node", path, pid, state, restarts, started_at, failures)   a child changed state
 #   ("ready", path)                                     a supervisor's subtree is up
 #   ("gave_up", path, reason)                           a supervisor exceeded its intensity
 #   ("applied", path, generation)                       a supervisor finished applying a spec
@@ -19,7 +19,7 @@ from orchestrator.loop import Loop
 class Uplink(Protocol):
     def attach(self, supervisor) -> None: ...
     def node_event(self, path: str, pid: Optional[int], state: str, restarts: int,
-                   started_at: Optional[float]) -> None: ...
+                   started_at: Optional[float], failures: int) -> None: ...
     def ready(self, path: str) -> None: ...
     def gave_up(self, path: str, reason: str) -> None: ...
     def applied(self, path: str, generation: int) -> None: ...
@@ -48,8 +48,8 @@ class PipeUplink:
             return
         self._supervisor.command(message)
 
-    def node_event(self, path, pid, state, restarts, started_at) -> None:
-        self._send(("node", path, pid, state, restarts, started_at))
+    def node_event(self, path, pid, state, restarts, started_at, failures) -> None:
+        self._send(("node", path, pid, state, restarts, started_at, failures))
 
     def ready(self, path: str) -> None:
         self._send(("ready", path))

@@ -32,7 +32,8 @@ def build_rows(tree: TreeSpec, table: Mapping[str, dict], live: Mapping[int, Liv
         rows.append({
             "path": node.path, "name": node.name if node.path else tree.name, "kind": node.kind,
             "parent": _parent(node.path), "pid": pid, "ppid": proc.ppid if proc else None,
-            "state": state, "restarts": entry.get("restarts", 0), "daemon": node.daemon,
+            "state": state, "restarts": entry.get("restarts", 0),
+            "failures": entry.get("failures", 0), "daemon": node.daemon,
             "held": node.held,
             "uptime": round(now - started, 3) if (pid and started) else None,
         })
@@ -71,7 +72,7 @@ def _helpers(rows: List[dict], live: Mapping[int, LiveProcess], now: float,
         helpers.append({
             "path": path, "name": _helper_name(proc), "kind": "orphan" if orphan else "helper",
             "parent": parent, "pid": proc.pid, "ppid": proc.ppid,
-            "state": "stopping" if orphan else (proc.status or "?"), "restarts": 0,
+            "state": "stopping" if orphan else (proc.status or "?"), "restarts": 0, "failures": 0,
             "daemon": False, "uptime": round(now - proc.create_time, 3) if proc.create_time else None,
             "drift": orphan,
         })

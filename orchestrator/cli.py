@@ -8,31 +8,65 @@ import subprocess
 import sys
 from typing import List, Optional
 
-from orchestrator import __version__, remote
+from orchestrator import __version__, remote, streams
 from orchestrator.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, InvalidInput, RuntimeFailure, UsageError
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    streams.fill_closed_std_fds()  # first: nothing we open later may become fd 0, 1 or 2
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # here, where a reader that left is handled, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        return _reader_gone()
     except InvalidInput as error:
         for problem in error.problems:
-            print(problem, file=sys.stderr)
+            _error(str(problem))
         count = len(error.problems)
         outcome = "; nothing was started" if args.command == "up" else ""
-        print(f"orch: {count} problem{'s' if count != 1 else ''} found{outcome}", file=sys.stderr)
+        _error(f"orch: {count} problem{'s' if count != 1 else ''} found{outcome}")
         return EXIT_USAGE
     except UsageError as error:
-        print(f"orch: {error}", file=sys.stderr)
+        _error(f"orch: {error}")
         return EXIT_USAGE
     except RuntimeFailure as error:
-        print(f"orch: {error}", file=sys.stderr)
+        _error(f"orch: {error}")
         return EXIT_FAILURE
     except KeyboardInterrupt:
-        print("orch: interrupted", file=sys.stderr)
+        _error("orch: interrupted")
         return EXIT_FAILURE
+
+
+def _error(line: str) -> None:
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except OSError:
+        # A broken pipe, or (under `up`, whose fds are non-blocking) a full one:
+        # nobody can be told, and the interpreter's final flush must not fail.
+        _discard_output()
+
+
+def _reader_gone() -> int:
+    """A pipe we print to lost its reader (`orch tree | head -1`): end quietly, exit 1.
+
+    SIGPIPE stays ignored (Python's default): a dead root's control socket must
+    raise an error, not kill the command.
+    """
+    _discard_output()
+    return EXIT_FAILURE
+
+
+def _discard_output() -> None:
+    """Point fds 1 and 2 at /dev/null, so what is still buffered in sys.stdout and
+    sys.stderr is flushed there at exit instead of failing again (the recipe in
+    Python's `signal` docs)."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.dup2(null, 2)
+    os.close(null)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -70,20 +104,26 @@ def cmd_up(args) -> int:
     tree = load_tree(args.file)
     if args.detach:
         return _up_detached(args.file, tree.name)
+    from orchestrator import guardian
+
+    # Before any fork: the guardian, the root and every supervisor inherit fds 1 and 2.
+    streams.make_std_fds_nonblocking()
+    # This process stays above the root as its guardian; only the root returns here.
+    guardian_pid = guardian.fork_root(tree.name)
     from orchestrator.root import Root, notify
 
     try:
-        return Root(tree, ready_fd=args.ready_fd).run()
-    except RuntimeFailure as error:
+        return Root(tree, ready_fd=args.ready_fd, guardian_pid=guardian_pid).run()
+    except (RuntimeFailure, UsageError) as error:
         notify(args.ready_fd, f"failed {error}")
         raise
 
 
 def _up_detached(file: str, name: str) -> int:
-    from orchestrator.control import RunDir
+    from orchestrator.control import RunDir, make_private_dir
 
     run_dir = RunDir(name)
-    run_dir.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_private_dir(run_dir.path)
     read_fd, write_fd = os.pipe()
     with open(run_dir.log_path, "ab") as log:
         child = subprocess.Popen(

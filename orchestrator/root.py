@@ -1,4 +1,4 @@
-"""The `orch up` process: the root supervisor plus the state table and the control server."""
+"""The root process (`orch up` forks it below its guardian): the root supervisor plus the state table and the control server."""
 from __future__ import annotations
 
 import os
@@ -6,9 +6,12 @@ import signal
 import time
 from typing import Dict, Optional, Set
 
-from orchestrator import livetree, osproc, spawn, titles, view
-from orchestrator.control import ControlServer, RunDir
-from orchestrator.errors import EXIT_FAILURE, InvalidInput
+import attrs
+
+from orchestrator import livetree, osproc, source, spawn, sweep, titles, view
+from orchestrator.control import RunDir
+from orchestrator.ctlserver import ControlServer
+from orchestrator.errors import EXIT_FAILURE, InvalidInput, Problem
 from orchestrator.loop import Loop
 from orchestrator.output import log
 from orchestrator.plan import plan_tree
@@ -36,12 +39,16 @@ def notify(ready_fd: Optional[int], line: str) -> None:
 class Root:
     """Runs the tree's root supervisor in this process and answers the control socket."""
 
-    def __init__(self, tree: TreeSpec, ready_fd: Optional[int] = None) -> None:
+    def __init__(self, tree: TreeSpec, ready_fd: Optional[int] = None,
+                 guardian_pid: Optional[int] = None) -> None:
         self.tree = tree
         self.table: Dict[str, dict] = {}
         self.started_at = time.time()
         self.loop = Loop()
-        self.supervisor = Supervisor(TreeContext.of(tree), tree.root, self, self.loop)
+        # The guardian (orchestrator/guardian.py) is our parent: a SIGTERM once it is
+        # gone is its death signal, and the supervisor then kills the subtree at once.
+        self.guardian_pid = guardian_pid
+        self.supervisor = Supervisor(TreeContext.of(tree), tree.root, self, self.loop, guardian_pid)
         self.run_dir = RunDir(tree.name)
         self._ready_fd = ready_fd
         self._server: Optional[ControlServer] = None
@@ -74,6 +81,7 @@ class Root:
             self.run_dir.release()
             self.loop.close()
             spawn.release_helpers()
+            self._sweep()  # last: every node and helper multiprocessing started is reaped
         if self.supervisor.gave_up:
             log(f"tree {self.tree.name!r} gave up: {self.supervisor.gave_up}")
             notify(self._ready_fd, f"failed {self.supervisor.gave_up}")
@@ -81,13 +89,30 @@ class Root:
         notify(self._ready_fd, "failed the tree was stopped before it was up")
         return code
 
+    def _sweep(self) -> None:
+        """Leave nothing below us: a helper orphaned during the stop (one that left its
+        worker's session, say) is our child now, maybe not yet adopted, and would
+        otherwise outlive us under pid 1 (or under the guardian, until its sweep)."""
+        killed = sweep.kill_descendants()
+        if killed:
+            log(f"killed {len(killed)} process{'es' if len(killed) != 1 else ''} left below the root: "
+                f"{', '.join(map(str, sorted(killed)))}")
+
+    def _down_pids(self) -> list:
+        """What `orch down` waits for: us, all below us, and the guardian, which exits last."""
+        pids = set(livetree.snapshot(os.getpid()))
+        if self.guardian_pid is not None:
+            pids.add(self.guardian_pid)
+        return sorted(pids)
+
     # ----- Uplink: events from the root supervisor and forwarded from below -----
 
     def attach(self, supervisor) -> None:
         pass
 
-    def node_event(self, path, pid, state, restarts, started_at) -> None:
-        self.table[path] = {"pid": pid, "state": state, "restarts": restarts, "started_at": started_at}
+    def node_event(self, path, pid, state, restarts, started_at, failures) -> None:
+        self.table[path] = {"pid": pid, "state": state, "restarts": restarts, "started_at": started_at,
+                            "failures": failures}
         if state not in LIVE_STATES and path in self._supervisor_paths:
             self._forget_subtree(path)
 
@@ -130,13 +155,15 @@ class Root:
         if command == "ping":
             return {"ok": True, "tree": self.tree.name, "pid": os.getpid(), "file": self.tree.file,
                     "stop_budget": self.tree.root.stop_budget(), "generation": self.generation,
-                    "applied": self.applied_generation}
+                    "applied": self.applied_generation,
+                    "refused": self._server.stats() if self._server else {}}
         if command == "tree":
             return {"ok": True, "tree": self.tree.name, "file": self.tree.file, "nodes": self.rows()}
         if command == "down":
-            pids = sorted(livetree.snapshot(os.getpid()))
-            self.loop.call_later(0, self.supervisor.shutdown)
-            return {"ok": True, "pid": os.getpid(), "pids": pids,
+            pids = self._down_pids()
+            already = self.supervisor.stopping
+            self.loop.call_later(0, lambda: self._down(kill=request.get("kill") is True))
+            return {"ok": True, "pid": os.getpid(), "pids": pids, "already_stopping": already,
                     "stop_budget": self.tree.root.stop_budget()}
         if command in ("diff", "reload"):
             return self._diff_or_reload(request, apply=command == "reload")
@@ -144,20 +171,27 @@ class Root:
             return self._node_command(command, request.get("path"))
         return {"ok": False, "error": f"unknown command {command!r}; known: {', '.join(COMMANDS)}"}
 
+    def _down(self, kill: bool) -> None:
+        """Start the orderly stop; a second `down` waits for it rather than escalating.
+        Only `kill` (`orch down --kill`) SIGKILLs what is left, as a second Ctrl-C does."""
+        if not self.supervisor.stopping:
+            self.supervisor.shutdown()
+        if kill:
+            self.supervisor.shutdown()  # while stopping, shutdown() forces
+
     # ----- declarative apply ----------------------------------------------
 
     def _diff_or_reload(self, request: dict, apply: bool) -> dict:
-        file = request.get("file") or self.file
-        if not isinstance(file, str):
-            return {"ok": False, "error": "'file' must be a path"}
         try:
-            new = load_tree(file)
+            new = self._requested_tree(request)
         except InvalidInput as error:
             return {"ok": False, "error": "the tree file is invalid; nothing was changed",
-                    "problems": [str(problem) for problem in error.problems]}
+                    "problems": [attrs.asdict(problem) for problem in error.problems]}
+        except ValueError as error:
+            return {"ok": False, "error": str(error)}
         if new.name != self.tree.name:
-            return {"ok": False, "error": f"{file} describes tree {new.name!r}, but this is "
-                                          f"tree {self.tree.name!r}; nothing was changed"}
+            return {"ok": False, "error": f"{request.get('shown') or new.file} describes tree {new.name!r}, "
+                                          f"but this is tree {self.tree.name!r}; nothing was changed"}
         changes, unchanged = plan_tree(self.tree.root, new.root)
         reply = {"ok": True, "tree": new.name, "unchanged": unchanged,
                  "changes": [{"op": c.op, "path": c.path, "keys": list(c.keys)} for c in changes]}
@@ -165,6 +199,22 @@ class Root:
             self._apply(new)
             reply["generation"] = self.generation
         return reply
+
+    def _requested_tree(self, request: dict) -> TreeSpec:
+        """The tree a diff or reload asks for; ValueError for a malformed request.
+
+        A client sends the file's text, read on its side: the root never opens a path
+        a client names (a FIFO would hang this loop, and `/dev/fd/N` from a shell's
+        `<(...)` would be one of the root's own fds). Without a file, the root
+        re-reads its own, and only if it is still a regular file.
+        """
+        file, text, shown = request.get("file"), request.get("text"), request.get("shown")
+        if file is None and text is None:
+            return load_tree(self.file, text=source.read_regular_text(self.file))
+        if not (isinstance(file, str) and os.path.isabs(file) and isinstance(text, str)):
+            raise ValueError("a diff or reload request carries the tree file's absolute path "
+                             "('file') and its text ('text'); the root does not open files for clients")
+        return load_tree(file, text=text, shown=shown if isinstance(shown, str) else file)
 
     def _apply(self, new: TreeSpec) -> None:
         log(f"reloading tree {new.name!r} from {new.file}")
@@ -183,29 +233,56 @@ class Root:
         self.supervisor.command(("apply", effective.root, TreeContext.of(effective), self.generation))
 
     def _reload_from_file(self) -> None:
-        reply = self._diff_or_reload({"file": self.file}, apply=True)
+        reply = self._diff_or_reload({}, apply=True)
         if not reply["ok"]:
             log(f"reload on SIGHUP refused: {reply['error']}")
             for problem in reply.get("problems", []):
-                log(problem)
+                log(str(Problem(**problem)))
 
     def _node_command(self, command: str, path) -> dict:
         if not isinstance(path, str) or not path:
-            return {"ok": False, "error": f"{command} needs a node path, like 'pipeline/reader' "
-                                          "(the root is stopped with `orch down`)"}
+            return _usage(f"{command} needs a node path, like 'pipeline/reader' "
+                          "(the root is stopped with `orch down`)")
         if self.tree.find(path) is None:
             known = ", ".join(node.path for node in self.tree.nodes() if node.path)
-            return {"ok": False, "error": f"no node {path!r} in tree {self.tree.name!r}; "
-                                          f"nodes: {known}"}
+            return _usage(f"no node {path!r} in tree {self.tree.name!r}; nodes: {known}")
+        refusal = self._held_refusal(command, path)
+        if refusal:
+            return _usage(refusal)
+        before = self.table.get(path, {}).get("pid")
         if command == "restart":
             self.supervisor.command((command, path))
         else:
             self.held = self.held | {path} if command == "stop" else self.held - {path}
             self._send_spec()
-        return {"ok": True, "tree": self.tree.name, "path": path, "generation": self.generation}
+        return {"ok": True, "tree": self.tree.name, "path": path, "generation": self.generation,
+                "pid": before}
+
+    def _held_refusal(self, command: str, path: str) -> Optional[str]:
+        """Why `command` cannot act on `path` while it or an ancestor is held, or None."""
+        if command == "stop":
+            return None  # holding a node below a held one keeps it stopped when that starts
+        holder = next((held for held in _ancestors(path) if held in self.held), None)
+        if holder is not None:
+            return (f"{path} is inside {holder}, which is held (stopped by `orch stop {holder}`); "
+                    f"start that first with `orch start {holder}`")
+        if command == "restart" and path in self.held:
+            return f"{path} is held (stopped by `orch stop {path}`); start it with `orch start {path}`"
+        return None
 
     def rows(self):
         state = "stopping" if self.supervisor.stopping else "running"
         live = livetree.snapshot(os.getpid())
         return view.build_rows(self.tree.with_holds(self.held), self.table, live, os.getpid(), state, self.started_at,
                                self.reconciler.drifting())
+
+
+def _usage(message: str) -> dict:
+    """An error the client caused (exit 2): a wrong path, a command that cannot apply."""
+    return {"ok": False, "error": message, "usage": True}
+
+
+def _ancestors(path: str):
+    """'a/b/c' -> ['a/b', 'a'], nearest first (the root, which cannot be held, left out)."""
+    parts = path.split("/")
+    return ["/".join(parts[:end]) for end in range(len(parts) - 1, 0, -1)]

@@ -10,7 +10,7 @@ from multiprocessing.connection import Connection
 from typing import Callable, List, Optional, Tuple
 
 
-from orchestrator import osproc, spawn, strategy
+from orchestrator import osproc, spawn, strategy, streams
 from orchestrator.child import EXIT_BOOT_FAILED
 from orchestrator.intensity import RestartWindow, backoff_delay
 from orchestrator.loop import Loop, Timer
@@ -42,7 +42,7 @@ class Supervisor(ApplyMixin):
     def __init__(self, tree: TreeContext, node: NodeSpec, uplink: Uplink, loop: Loop,
                  parent_pid: Optional[int] = None) -> None:
         self.tree = tree
-        self.parent_pid = parent_pid  # None for the root: its parent is just the shell
+        self.parent_pid = parent_pid  # the root's is its guardian's (None if it runs without one)
         self.node = node
         self.uplink = uplink
         self.loop = loop
@@ -79,8 +79,12 @@ class Supervisor(ApplyMixin):
         self.loop.on_signal(osproc.KILL_SUBTREE, self.abandon)
         osproc.unblock_handled_signals()
         self.uplink.attach(self)
+        streams.attach(self.loop)  # our output backlogs are written from this loop
         self._start_in_order([slot for slot in self.slots if not slot.spec.held])
-        self.loop.run()
+        try:
+            self.loop.run()
+        finally:
+            streams.detach()  # the loop closes after this
         return self.exit_code
 
     def child_pids(self) -> List[int]:
@@ -158,6 +162,10 @@ class Supervisor(ApplyMixin):
 
     def _start(self, slot: Slot) -> None:
         slot.retry = None
+        if slot.retired or slot.running is not None:
+            # One process per node, always: a command or timer that still holds a
+            # slot a reload replaced, or one that already runs, starts nothing.
+            return
         try:
             running = spawn.start_node(self.mp, self.tree, slot.spec)
         except OSError as error:
@@ -227,13 +235,16 @@ class Supervisor(ApplyMixin):
             self._emit(slot)
         else:
             log(f"{slot.spec.path} {describe_exit(code)}")
+            slot.failures += 1
             self._on_failure(slot, code)
         for sequence in sequences:
             sequence.exited(slot)
 
     def _on_failure(self, slot: Slot, code: int) -> None:
         if self._busy():
-            slot.state = "failed"
+            # Decided once the current round is over; until then it is on its way
+            # somewhere, not failed for good (a reload's verdict must not stop here).
+            slot.state = "restarting" if strategy.should_restart(slot.spec.restart, code) else "failed"
             self._emit(slot)
             self._pending.append((slot, code))
             return
@@ -367,6 +378,7 @@ class Supervisor(ApplyMixin):
             slot.state,
             slot.restarts,
             running.started_at if running else None,
+            slot.failures,
         )
 
     def _check_ready(self) -> None:

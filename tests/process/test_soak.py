@@ -104,8 +104,10 @@ def test_soak_every_kill_is_repaired_and_nothing_grows(orch_tree):
     next_sample = started + WARM_UP
     next_kill = started
     scan_at = time.monotonic() + (managers[""].create_time() + LEFTOVER_SCAN_INTERVAL - time.time())
-    assert scan_at + SCAN_BURST[1] < started + SOAK_SECONDS, "the tree took too long to start"
-    while time.monotonic() - started < SOAK_SECONDS and len(killed) < MAX_KILLS:
+    # The soak covers the root's first periodic scan however long the tree took to come up
+    # (on a loaded 2-core machine that can be most of a second after the root started).
+    ends = max(started + SOAK_SECONDS, scan_at + SCAN_BURST[1] + 0.5)
+    while time.monotonic() < ends and len(killed) < MAX_KILLS:
         time.sleep(max(0.0, next_kill - time.monotonic()))  # the kill pace, not synchronisation
         in_burst = SCAN_BURST[0] <= time.monotonic() - scan_at <= SCAN_BURST[1]
         next_kill = time.monotonic() + (SCAN_BURST_INTERVAL if in_burst else rng.uniform(*KILL_INTERVAL))

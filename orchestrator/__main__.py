@@ -1,7 +1,7 @@
 """`python -m orchestrator` runs the CLI (used by `orch up --detach` to start the root)."""
 import sys
 
-from orchestrator.cli import main
+from orchestrator.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -28,7 +28,8 @@ from typing import Callable, Dict, List, Optional
 import psutil
 import pytest
 
-from orchestrator import control, livetree
+from orchestrator.root import control
+from orchestrator.root import livetree
 from orchestrator.errors import RuntimeFailure
 
 DEFAULT_TIMEOUT = 10.0

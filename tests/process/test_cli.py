@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from orchestrator import control
+from orchestrator.root import control
 from orchestrator.testing import gone, json_tree, run_orch, wait_for
 
 PLUGIN = Path(__file__).parent.parent / "plugins" / "testworkers.py"

@@ -14,7 +14,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from orchestrator import control, titles
+from orchestrator.root import control
+from orchestrator.engine import titles
 from orchestrator.testing import wait_for
 
 PLUGIN = Path(__file__).resolve().parent.parent / "plugins" / "testworkers.py"

@@ -3,7 +3,7 @@ import json
 import socket
 from pathlib import Path
 
-from orchestrator import control
+from orchestrator.root import control
 from orchestrator.testing import json_tree, wait_for
 
 PLUGIN = Path(__file__).parent.parent / "plugins" / "testworkers.py"

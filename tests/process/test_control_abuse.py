@@ -12,7 +12,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from orchestrator import control, ctlserver
+from orchestrator.root import control
+from orchestrator.root import ctlserver
 from orchestrator.testing import json_tree, run_orch, wait_for
 
 PLUGIN = Path(__file__).resolve().parent.parent / "plugins" / "testworkers.py"

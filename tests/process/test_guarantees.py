@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from orchestrator import control
+from orchestrator.root import control
 from orchestrator.testing import RunningTree, descendants, gone, run_orch, wait_for
 
 PLUGIN = Path(__file__).resolve().parent.parent / "plugins" / "testworkers.py"

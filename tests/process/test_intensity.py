@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from orchestrator import control
+from orchestrator.root import control
 from orchestrator.testing import descendants, gone, wait_for
 
 PLUGINS = Path(__file__).resolve().parent.parent / "plugins"

@@ -19,7 +19,7 @@ from typing import Optional
 import psutil
 import pytest
 
-from orchestrator import titles
+from orchestrator.engine import titles
 from orchestrator.testing import descendants, gone, json_tree, run_orch, wait_for
 
 MARK = "ORCH_TEST_NO_SURVIVORS"

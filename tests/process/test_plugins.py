@@ -7,7 +7,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from orchestrator import control
+from orchestrator.root import control
 from orchestrator.testing import run_orch
 
 PLUGINS = Path(__file__).parent.parent / "plugins"

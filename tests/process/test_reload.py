@@ -18,7 +18,7 @@ from typing import Dict, Tuple
 import psutil
 import pytest
 
-from orchestrator import control
+from orchestrator.root import control
 from orchestrator.testing import RunningTree, gone, json_tree, run_orch
 
 PLUGIN = Path(__file__).resolve().parent.parent / "plugins" / "testworkers.py"

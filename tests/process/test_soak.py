@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from orchestrator.reconcile import LEFTOVER_SCAN_INTERVAL
+from orchestrator.root.orphans import LEFTOVER_SCAN_INTERVAL
 from orchestrator.testing import gone, wait_for
 
 PLUGIN = Path(__file__).resolve().parent.parent / "plugins" / "testworkers.py"

@@ -13,7 +13,9 @@ from typing import Dict, List, Optional
 import psutil
 import pytest
 
-from orchestrator import control, livetree, streams
+from orchestrator.root import control
+from orchestrator.root import livetree
+from orchestrator.engine import streams
 from orchestrator.testing import descendants, run_orch, wait_for
 
 PLUGINS = Path(__file__).parent.parent / "plugins"

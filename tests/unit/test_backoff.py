@@ -1,8 +1,8 @@
 """Crash-loop backoff: the first restart is immediate, then delays double up to the cap."""
 import pytest
 
-from orchestrator.intensity import backoff_delay
-from orchestrator.spec import Backoff
+from orchestrator.policy.intensity import backoff_delay
+from orchestrator.spec.model import Backoff
 
 
 @pytest.mark.parametrize("quick_exits, expected", [(0, 0.0), (1, 0.1), (2, 0.2), (3, 0.4), (7, 5.0), (50, 5.0)])

@@ -1,7 +1,7 @@
 """Plugin loading in-process: bundled plugins, tree plugins, attribution of duplicates."""
 import pytest
 
-from orchestrator.catalog import PluginError, load_catalog
+from orchestrator.spec.catalog import PluginError, load_catalog
 
 
 def test_bundled_plugins_provide_the_demo_workers():

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from orchestrator.errors import InvalidInput
-from orchestrator.validate import load_tree
+from orchestrator.spec.validate import load_tree
 
 CORPUS = pathlib.Path(__file__).resolve().parent.parent / "corpus"
 EXPECTED_LINE = re.compile(r"(?P<file>[^:]+\.toml):(?P<line>\d+|-): (?P<text>.+)")

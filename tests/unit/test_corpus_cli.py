@@ -13,7 +13,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from orchestrator import cli, control
+from orchestrator.cli import main as cli
+from orchestrator.root import control
 from orchestrator.testing import isolated_env, run_orch
 
 CORPUS = Path(__file__).resolve().parent.parent / "corpus"

@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from orchestrator import ctlserver
-from orchestrator.control import MAX_REQUEST
-from orchestrator.ctlserver import ControlServer
-from orchestrator.loop import Loop
+from orchestrator.root import ctlserver
+from orchestrator.root.control import MAX_REQUEST
+from orchestrator.root.ctlserver import ControlServer
+from orchestrator.engine.loop import Loop
 
 WORK = 0.005  # what a `slow` request costs, standing for a `tree` request's psutil scan
 

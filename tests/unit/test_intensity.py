@@ -1,8 +1,8 @@
 """intensity.py: the sliding restart window, driven with explicit monotonic times."""
 import pytest
 
-from orchestrator.intensity import RestartWindow
-from orchestrator.spec import Intensity
+from orchestrator.policy.intensity import RestartWindow
+from orchestrator.spec.model import Intensity
 
 
 def window(max_restarts: int, within: float) -> RestartWindow:

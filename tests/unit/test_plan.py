@@ -10,11 +10,11 @@ import textwrap
 import attrs
 import pytest
 
-from orchestrator import plan
-from orchestrator.plan import Change, LevelPlan
-from orchestrator.source import parse_source
-from orchestrator.spec import Backoff, Intensity, NodeSpec, Restart, Strategy
-from orchestrator.validate import validate_document
+from orchestrator.policy import plan
+from orchestrator.policy.plan import Change, LevelPlan
+from orchestrator.spec.source import parse_source
+from orchestrator.spec.model import Backoff, Intensity, NodeSpec, Restart, Strategy
+from orchestrator.spec.validate import validate_document
 
 
 def worker(path: str, worker: str = "t.sleep", **keys) -> NodeSpec:

@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 from orchestrator.errors import InvalidInput
-from orchestrator.source import SourceMap, load_source, parse_source, scan_lines
+from orchestrator.spec.source import SourceMap, load_source, parse_source, scan_lines
 
 
 def lines_of(text: str) -> SourceMap:

@@ -3,9 +3,9 @@ import itertools
 
 import pytest
 
-from orchestrator.child import EXIT_BOOT_FAILED
-from orchestrator.spec import Restart, Strategy
-from orchestrator.strategy import plan_restart, should_restart
+from orchestrator.engine.child import EXIT_BOOT_FAILED
+from orchestrator.spec.model import Restart, Strategy
+from orchestrator.policy.strategy import plan_restart, should_restart
 
 # multiprocessing exit codes: negative for death by a signal the supervisor did not send
 EXITS = {"exit 0": 0, "exit 1": 1, "SystemExit(3)": 3, "boot failed": EXIT_BOOT_FAILED,

@@ -9,10 +9,10 @@ import textwrap
 import pytest
 
 from orchestrator.errors import InvalidInput
-from orchestrator.source import SourceMap
-from orchestrator.spec import Intensity, NodeSpec, Restart, StartMethod, Strategy, TreeSpec
-from orchestrator.validate import MAX_DEPTH, load_tree, validate_document
-from orchestrator.values import FORKSERVER_REJECTED
+from orchestrator.spec.source import SourceMap
+from orchestrator.spec.model import Intensity, NodeSpec, Restart, StartMethod, Strategy, TreeSpec
+from orchestrator.spec.validate import MAX_DEPTH, load_tree, validate_document
+from orchestrator.spec.values import FORKSERVER_REJECTED
 
 CORPUS = pathlib.Path(__file__).resolve().parent.parent / "corpus"
 
@@ -350,7 +350,7 @@ def test_workers_are_resolved_even_when_other_nodes_are_broken(tmp_path):
 
 
 def test_default_loader_uses_the_bundled_plugins(tmp_path, monkeypatch):
-    pytest.importorskip("orchestrator.catalog")
+    pytest.importorskip("orchestrator.spec.catalog")
     monkeypatch.setenv("ORCH_DISABLE_PLUGIN_AUTOLOAD", "1")
     spec = load_tree(one_worker(tmp_path, "demo.ticker", "{ interval = 0.1 }"))
     assert spec.root.children[0].args == {"interval": 0.1}

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Callable, List
 
-from orchestrator.plan import plan_level
-from orchestrator.slot import Slot
-from orchestrator.spec import NodeSpec, TreeContext
+from orchestrator.policy.plan import plan_level
+from orchestrator.engine.slot import Slot
+from orchestrator.spec.model import NodeSpec, TreeContext
 
 
 class ApplyMixin:

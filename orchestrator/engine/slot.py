@@ -5,9 +5,9 @@ from typing import Optional
 
 import attrs
 
-from orchestrator import spawn
-from orchestrator.loop import Timer
-from orchestrator.spec import NodeSpec
+from orchestrator.engine import spawn
+from orchestrator.engine.loop import Timer
+from orchestrator.spec.model import NodeSpec
 
 SETTLED_STATES = ("stopped", "failed")
 

@@ -6,8 +6,8 @@ from typing import AbstractSet, Dict, List, Mapping, Optional
 
 import psutil
 
-from orchestrator.livetree import LiveProcess
-from orchestrator.spec import TreeSpec
+from orchestrator.root.livetree import LiveProcess
+from orchestrator.spec.model import TreeSpec
 
 
 def build_rows(tree: TreeSpec, table: Mapping[str, dict], live: Mapping[int, LiveProcess],

@@ -18,9 +18,11 @@ import signal
 import sys
 from typing import Optional
 
-from orchestrator import osproc, sweep, titles
+from orchestrator.engine import osproc
+from orchestrator.engine import sweep
+from orchestrator.engine import titles
 from orchestrator.errors import EXIT_FAILURE, RuntimeFailure
-from orchestrator.output import log
+from orchestrator.engine.output import log
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 WATCHED = FORWARDED + (signal.SIGCHLD,)

@@ -7,7 +7,9 @@ import sys
 import time
 from typing import Callable, List, Optional
 
-from orchestrator import control, livetree, view
+from orchestrator.root import control
+from orchestrator.root import livetree
+from orchestrator.root import view
 from orchestrator.errors import EXIT_FAILURE, EXIT_OK, InvalidInput, Problem, RuntimeFailure, UsageError
 
 # States a node passes through on its way somewhere; a reload or command is done
@@ -144,14 +146,14 @@ def _plan(args, command: str) -> dict:
     and checks only what it needs to find the tree's name; plugins are imported once,
     by the root, which reports every problem with the same messages as `orch validate`.
     """
-    from orchestrator.source import parse_source, read_text
-    from orchestrator.validate import validate_document
+    from orchestrator.spec.source import parse_source, read_text
+    from orchestrator.spec.validate import validate_document
 
     text = read_text(args.file)
     try:
         name = validate_document(*parse_source(text, args.file), args.file).name
     except InvalidInput:
-        from orchestrator.validate import load_tree
+        from orchestrator.spec.validate import load_tree
 
         load_tree(args.file, text=text)  # every problem at once, as `orch validate` reports them
         raise

@@ -7,7 +7,7 @@ import math
 import re
 from typing import Any, Callable, Dict, Optional
 
-from orchestrator.spec import Restart, StartMethod, Strategy
+from orchestrator.spec.model import Restart, StartMethod, Strategy
 
 NAME = re.compile(r"[A-Za-z0-9_.-]+")
 # A name is also a directory and file name (run directory, titles, log files):

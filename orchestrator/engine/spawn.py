@@ -9,8 +9,9 @@ from typing import Optional
 
 import attrs
 
-from orchestrator import child, osproc
-from orchestrator.spec import NodeSpec, TreeContext
+from orchestrator.engine import child
+from orchestrator.engine import osproc
+from orchestrator.spec.model import NodeSpec, TreeContext
 
 
 @attrs.define(eq=False)

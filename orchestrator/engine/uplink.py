@@ -4,7 +4,7 @@ from __future__ import annotations
 from multiprocessing.connection import Connection
 from typing import Optional, Protocol
 
-from orchestrator.loop import Loop
+from orchestrator.engine.loop import Loop
 
 # Messages travel up as tuples, forwarded unchanged by every supervisor on the way:
 #   ("node", path, pid, state, restarts, started_at, failures)   a child changed state

@@ -12,9 +12,12 @@ from typing import Callable, Dict, Set
 
 import psutil
 
-from orchestrator import control, livetree, osproc, titles
-from orchestrator.loop import Loop
-from orchestrator.output import log
+from orchestrator.root import control
+from orchestrator.root import livetree
+from orchestrator.engine import osproc
+from orchestrator.engine import titles
+from orchestrator.engine.loop import Loop
+from orchestrator.engine.output import log
 
 # Orphans are usually already dead (parent-death signals) or die at SIGTERM;
 # the periodic pass only catches what escaped both, so it can be slow and cheap.
@@ -25,7 +28,7 @@ SIGCHLD_COALESCE = 0.02
 LEFTOVER_STOP_GRACE = 5.0
 
 
-class Reconciler:
+class OrphanRepair:
     """Runs inside the root's loop; `known_children` names the pids the root started itself."""
 
     def __init__(self, loop: Loop, tree_name: str, known_children: Callable[[], Set[int]]) -> None:

@@ -33,9 +33,9 @@ from functools import partial
 from pathlib import Path
 from typing import Callable, Deque, Dict, Optional
 
-from orchestrator.control import MAX_REQUEST
-from orchestrator.loop import Loop, Timer
-from orchestrator.output import log
+from orchestrator.root.control import MAX_REQUEST
+from orchestrator.engine.loop import Loop, Timer
+from orchestrator.engine.output import log
 
 # Connections at once. A CLI client holds one for a single request, so this is plenty;
 # it bounds what clients pin: 64 of the 256 fds Supervisor.run keeps spare beside its

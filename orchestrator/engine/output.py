@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import Callable
 
-from orchestrator import streams
+from orchestrator.engine import streams
 
 # A line longer than this is flushed in pieces so one chatty worker cannot make
 # its supervisor buffer without bound.

@@ -10,17 +10,20 @@ from multiprocessing.connection import Connection
 from typing import Callable, List, Optional, Tuple
 
 
-from orchestrator import osproc, spawn, strategy, streams
-from orchestrator.child import EXIT_BOOT_FAILED
-from orchestrator.intensity import RestartWindow, backoff_delay
-from orchestrator.loop import Loop, Timer
-from orchestrator.output import OutputRelay, log
-from orchestrator.apply import ApplyMixin
-from orchestrator.slot import Slot
-from orchestrator.spec import NodeSpec, Restart, Strategy, TreeContext
-from orchestrator.start import StartSequence
-from orchestrator.stop import StopSequence
-from orchestrator.uplink import PipeUplink, Uplink
+from orchestrator.engine import osproc
+from orchestrator.engine import spawn
+from orchestrator.policy import strategy
+from orchestrator.engine import streams
+from orchestrator.engine.child import EXIT_BOOT_FAILED
+from orchestrator.policy.intensity import RestartWindow, backoff_delay
+from orchestrator.engine.loop import Loop, Timer
+from orchestrator.engine.output import OutputRelay, log
+from orchestrator.engine.apply import ApplyMixin
+from orchestrator.engine.slot import Slot
+from orchestrator.spec.model import NodeSpec, Restart, Strategy, TreeContext
+from orchestrator.engine.start import StartSequence
+from orchestrator.engine.stop import StopSequence
+from orchestrator.engine.uplink import PipeUplink, Uplink
 
 # A fork that fails (EAGAIN, ENOMEM) is retried from a timer with backoff, so a
 # stop request still gets through while the machine is short of processes.

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import List, Sequence, Tuple
 
-from orchestrator.spec import Restart, Strategy
+from orchestrator.spec.model import Restart, Strategy
 
 
 def should_restart(restart: Restart, exitcode: int) -> bool:

@@ -7,8 +7,9 @@ import sys
 from multiprocessing.connection import Connection
 from typing import NoReturn
 
-from orchestrator import osproc, titles
-from orchestrator.spec import NodeSpec, StartMethod, TreeContext
+from orchestrator.engine import osproc
+from orchestrator.engine import titles
+from orchestrator.spec.model import NodeSpec, StartMethod, TreeContext
 
 # Reserved exit code: the worker could not even be looked up in this process, so
 # restarting it cannot help; its supervisor gives up at once (gunicorn's idea).
@@ -49,7 +50,7 @@ def worker_main(tree: TreeContext, node: NodeSpec, output: Connection, parent_pi
 
 
 def _resolve(tree: TreeContext, node: NodeSpec):
-    from orchestrator.catalog import PluginError, load_catalog
+    from orchestrator.spec.catalog import PluginError, load_catalog
 
     try:
         entry = load_catalog(tree.plugins).workers.get(node.worker)
@@ -70,6 +71,6 @@ def supervisor_main(tree: TreeContext, node: NodeSpec, uplink: Connection, paren
     # SIGTERM, not SIGKILL: an orphaned supervisor must live long enough to
     # SIGKILL its children's process groups, helpers they forked included.
     _common_setup(tree, node, parent_pid, [uplink.fileno()], signal.SIGTERM)
-    from orchestrator.supervisor import run_child_supervisor
+    from orchestrator.engine.supervisor import run_child_supervisor
 
     sys.exit(run_child_supervisor(tree, node, uplink, parent_pid))

@@ -4,8 +4,8 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple
 
-from orchestrator.source import KeyPath
-from orchestrator.values import did_you_mean
+from orchestrator.spec.source import KeyPath
+from orchestrator.spec.values import did_you_mean
 
 CatalogLoader = Callable[[Sequence[str]], Any]
 
@@ -13,7 +13,7 @@ CatalogLoader = Callable[[Sequence[str]], Any]
 def default_loader(loader: Optional[CatalogLoader]) -> CatalogLoader:
     if loader is not None:
         return loader
-    from orchestrator.catalog import load_catalog  # lazy: plugins import user code
+    from orchestrator.spec.catalog import load_catalog  # lazy: plugins import user code
 
     return load_catalog
 

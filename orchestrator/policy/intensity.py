@@ -4,7 +4,7 @@ from __future__ import annotations
 import collections
 from typing import Deque
 
-from orchestrator.spec import Backoff, Intensity
+from orchestrator.spec.model import Backoff, Intensity
 
 
 class RestartWindow:

@@ -5,7 +5,7 @@ from typing import Dict, List, Tuple
 
 import attrs
 
-from orchestrator.spec import NodeSpec
+from orchestrator.spec.model import NodeSpec
 
 # Keys whose change needs a new process: the code it runs. Everything else is read
 # by the supervisor when it acts (restart rule, stop budget, intensity...) and is

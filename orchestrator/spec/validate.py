@@ -7,12 +7,13 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import attrs
 
-from orchestrator import resolve, source
+from orchestrator.spec import resolve
+from orchestrator.spec import source
 from orchestrator.errors import InvalidInput, Problem
-from orchestrator.resolve import CatalogLoader
-from orchestrator.source import KeyPath, SourceMap
-from orchestrator.values import CHECKS, Bad, describe, did_you_mean, name_problem, start_method
-from orchestrator.spec import (
+from orchestrator.spec.resolve import CatalogLoader
+from orchestrator.spec.source import KeyPath, SourceMap
+from orchestrator.spec.values import CHECKS, Bad, describe, did_you_mean, name_problem, start_method
+from orchestrator.spec.model import (
     DEFAULT_BACKOFF,
     DEFAULT_INTENSITY,
     DEFAULT_RESTART,

@@ -5,9 +5,9 @@ import collections
 import signal
 from typing import Callable, Deque, List, Optional, Sequence
 
-from orchestrator import osproc
-from orchestrator.loop import Loop, Timer
-from orchestrator.output import log
+from orchestrator.engine import osproc
+from orchestrator.engine.loop import Loop, Timer
+from orchestrator.engine.output import log
 
 
 # How long a supervisor told to kill its subtree may take before it is SIGKILLed.

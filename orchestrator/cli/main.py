@@ -8,7 +8,9 @@ import subprocess
 import sys
 from typing import List, Optional
 
-from orchestrator import __version__, remote, streams
+from orchestrator import __version__
+from orchestrator.cli import remote
+from orchestrator.engine import streams
 from orchestrator.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, InvalidInput, RuntimeFailure, UsageError
 
 
@@ -99,18 +101,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_up(args) -> int:
-    from orchestrator.validate import load_tree
+    from orchestrator.spec.validate import load_tree
 
     tree = load_tree(args.file)
     if args.detach:
         return _up_detached(args.file, tree.name)
-    from orchestrator import guardian
+    from orchestrator.root import guardian
 
     # Before any fork: the guardian, the root and every supervisor inherit fds 1 and 2.
     streams.make_std_fds_nonblocking()
     # This process stays above the root as its guardian; only the root returns here.
     guardian_pid = guardian.fork_root(tree.name)
-    from orchestrator.root import Root, notify
+    from orchestrator.root.root import Root, notify
 
     try:
         return Root(tree, ready_fd=args.ready_fd, guardian_pid=guardian_pid).run()
@@ -120,7 +122,7 @@ def cmd_up(args) -> int:
 
 
 def _up_detached(file: str, name: str) -> int:
-    from orchestrator.control import RunDir, make_private_dir
+    from orchestrator.root.control import RunDir, make_private_dir
 
     run_dir = RunDir(name)
     make_private_dir(run_dir.path)
@@ -149,7 +151,7 @@ def _up_detached(file: str, name: str) -> int:
 
 
 def cmd_validate(args) -> int:
-    from orchestrator.validate import load_tree
+    from orchestrator.spec.validate import load_tree
 
     tree = load_tree(args.file)
     nodes = list(tree.nodes())
@@ -160,11 +162,11 @@ def cmd_validate(args) -> int:
 
 
 def cmd_plugins(args) -> int:
-    from orchestrator.catalog import PluginError, load_catalog
+    from orchestrator.spec.catalog import PluginError, load_catalog
 
     plugin_refs = ()
     if args.tree:
-        from orchestrator.validate import load_tree
+        from orchestrator.spec.validate import load_tree
 
         plugin_refs = load_tree(args.tree).plugins
     try:

@@ -1,6 +1,6 @@
 """Run directory, 0600 Unix control socket and its JSON-lines protocol (client side).
 
-The root's side, the server, is orchestrator.ctlserver."""
+The root's side, the server, is orchestrator.root.ctlserver."""
 from __future__ import annotations
 
 import fcntl
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import List, Mapping, Optional
 
 from orchestrator.errors import RuntimeFailure, UsageError
-from orchestrator.values import name_problem
+from orchestrator.spec.values import name_problem
 
 ENV_RUN_DIR = "ORCH_RUN_DIR"
 SOCKET_NAME = "control.sock"

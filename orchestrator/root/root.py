@@ -8,17 +8,23 @@ from typing import Dict, Optional, Set
 
 import attrs
 
-from orchestrator import livetree, osproc, source, spawn, sweep, titles, view
-from orchestrator.control import RunDir
-from orchestrator.ctlserver import ControlServer
+from orchestrator.root import livetree
+from orchestrator.engine import osproc
+from orchestrator.spec import source
+from orchestrator.engine import spawn
+from orchestrator.engine import sweep
+from orchestrator.engine import titles
+from orchestrator.root import view
+from orchestrator.root.control import RunDir
+from orchestrator.root.ctlserver import ControlServer
 from orchestrator.errors import EXIT_FAILURE, InvalidInput, Problem
-from orchestrator.loop import Loop
-from orchestrator.output import log
-from orchestrator.plan import plan_tree
-from orchestrator.reconcile import Reconciler
-from orchestrator.spec import TreeContext, TreeSpec
-from orchestrator.supervisor import Supervisor
-from orchestrator.validate import load_tree
+from orchestrator.engine.loop import Loop
+from orchestrator.engine.output import log
+from orchestrator.policy.plan import plan_tree
+from orchestrator.root.orphans import OrphanRepair
+from orchestrator.spec.model import TreeContext, TreeSpec
+from orchestrator.engine.supervisor import Supervisor
+from orchestrator.spec.validate import load_tree
 
 LIVE_STATES = ("starting", "running", "stopping")
 COMMANDS = ("ping", "tree", "down", "diff", "reload", "restart", "stop", "start")
@@ -52,7 +58,7 @@ class Root:
         self.run_dir = RunDir(tree.name)
         self._ready_fd = ready_fd
         self._server: Optional[ControlServer] = None
-        self.reconciler = Reconciler(self.loop, tree.name, self._known_children)
+        self.orphans = OrphanRepair(self.loop, tree.name, self._known_children)
         self.file = os.path.abspath(tree.file)  # SIGHUP re-reads it, whatever our cwd becomes
         self.held: frozenset = frozenset()  # paths kept stopped by `orch stop`
         self._supervisor_paths = {node.path for node in tree.nodes() if node.is_supervisor}
@@ -72,10 +78,10 @@ class Root:
         titles.set_node_title(self.tree.name, "")
         try:
             self._server = ControlServer(self.loop, self.run_dir.socket_path, self.handle)
-            self.reconciler.start()
+            self.orphans.start()
             code = self.supervisor.run()
         finally:
-            self.reconciler.finish()
+            self.orphans.finish()
             if self._server is not None:
                 self._server.close()
             self.run_dir.release()
@@ -274,7 +280,7 @@ class Root:
         state = "stopping" if self.supervisor.stopping else "running"
         live = livetree.snapshot(os.getpid())
         return view.build_rows(self.tree.with_holds(self.held), self.table, live, os.getpid(), state, self.started_at,
-                               self.reconciler.drifting())
+                               self.orphans.drifting())
 
 
 def _usage(message: str) -> dict:

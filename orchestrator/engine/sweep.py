@@ -10,7 +10,7 @@ import os
 import signal
 from typing import Iterable, List, Set
 
-from orchestrator import osproc
+from orchestrator.engine import osproc
 
 # A process forked after a scan and orphaned before the next one is reparented
 # to us alive, which raises no SIGCHLD: look again after at most this long.

@@ -1,0 +1,2 @@
+"""cli: argument parsing and presentation, the only place terminal concerns live. Imports
+anything below it."""

@@ -1,0 +1,2 @@
+"""policy: pure decisions with no I/O (restart strategy, intensity and backoff, the reload
+plan). Imports only spec and below."""

@@ -1,11 +1,15 @@
-"""Child side of a node process: redo process setup first, then run a worker or supervisor."""
+"""Child side of a node process: the setup every node process redoes first, and the worker's entry.
+
+A supervisor process's entry, `supervisor_main`, lives with the supervisor
+(supervisor.py); it runs `prepare` too.
+"""
 from __future__ import annotations
 
 import os
 import signal
 import sys
 from multiprocessing.connection import Connection
-from typing import NoReturn
+from typing import Iterable, NoReturn
 
 from orchestrator.engine import osproc
 from orchestrator.engine import titles
@@ -16,7 +20,9 @@ from orchestrator.spec.model import NodeSpec, StartMethod, TreeContext
 EXIT_BOOT_FAILED = 78
 
 
-def _common_setup(tree: TreeContext, node: NodeSpec, parent_pid: int, keep_fds, death_signal) -> None:
+def prepare(tree: TreeContext, node: NodeSpec, parent_pid: int, keep_fds: Iterable[int],
+            death_signal: int) -> None:
+    """Make a freshly started process a node of its own: signals, parent death, group, fds, name."""
     # Under fork we inherit the parent's handlers and wakeup fd; a signal arriving
     # now must not wake the parent's loop. Signals stay blocked until this is done.
     signal.set_wakeup_fd(-1)
@@ -35,7 +41,7 @@ def _common_setup(tree: TreeContext, node: NodeSpec, parent_pid: int, keep_fds, 
 
 def worker_main(tree: TreeContext, node: NodeSpec, output: Connection, parent_pid: int) -> None:
     """Target of a worker process: returns, raises or exits as the worker does."""
-    _common_setup(tree, node, parent_pid, [output.fileno()], signal.SIGKILL)
+    prepare(tree, node, parent_pid, [output.fileno()], signal.SIGKILL)
     # The root ignores it for its own sake (see guardian.py); a worker, and what it
     # execs, gets the default back.
     signal.signal(signal.SIGTTOU, signal.SIG_DFL)
@@ -64,13 +70,3 @@ def _resolve(tree: TreeContext, node: NodeSpec):
 def _boot_failed(message: str) -> NoReturn:
     print(f"orch: cannot boot: {message}", file=sys.stderr, flush=True)
     sys.exit(EXIT_BOOT_FAILED)
-
-
-def supervisor_main(tree: TreeContext, node: NodeSpec, uplink: Connection, parent_pid: int) -> None:
-    """Target of a supervisor process: run its loop until stopped or it gives up."""
-    # SIGTERM, not SIGKILL: an orphaned supervisor must live long enough to
-    # SIGKILL its children's process groups, helpers they forked included.
-    _common_setup(tree, node, parent_pid, [uplink.fileno()], signal.SIGTERM)
-    from orchestrator.engine.supervisor import run_child_supervisor
-
-    sys.exit(run_child_supervisor(tree, node, uplink, parent_pid))

@@ -1,13 +1,15 @@
 """A supervisor's record of one child: its spec, its current process, and its restart history."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import attrs
 
-from orchestrator.engine import spawn
 from orchestrator.engine.loop import Timer
 from orchestrator.spec.model import NodeSpec
+
+if TYPE_CHECKING:  # a type only: the slot records a process, it never starts one
+    from orchestrator.engine.spawn import Running
 
 SETTLED_STATES = ("stopped", "failed")
 
@@ -17,7 +19,8 @@ class Slot:
     """A child of this supervisor and what we know about its current process."""
 
     spec: NodeSpec
-    running: Optional[spawn.Running] = None
+    running: Optional[Running] = None
+    started: float = 0.0  # when `running` started, by the supervisor's clock (uptime)
     state: str = "stopped"
     restarts: int = 0
     failures: int = 0  # exits orch did not cause, since this slot was created

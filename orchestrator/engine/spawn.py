@@ -1,17 +1,24 @@
-"""Parent side of a node process: start it with multiprocessing, watch it, reap it."""
+"""Parent side of a node process: start it with multiprocessing, signal it, reap it.
+
+What runs in the child is the caller's: `start_node` takes its target, so this
+module knows nothing of workers or supervisors beyond which pipes each needs.
+"""
 from __future__ import annotations
 
 import multiprocessing.process
 import os
 import time
 from multiprocessing.connection import Connection
-from typing import Optional
+from signal import SIGKILL
+from typing import Callable, Optional, Protocol
 
 import attrs
 
-from orchestrator.engine import child
 from orchestrator.engine import osproc
 from orchestrator.spec.model import NodeSpec, TreeContext
+
+# A node process's entry: (tree, node, its end of the pipe, the parent's pid).
+Target = Callable[[TreeContext, NodeSpec, Connection, int], None]
 
 
 @attrs.define(eq=False)
@@ -25,18 +32,20 @@ class Running:
     output_fd: Optional[int]  # read end of a worker's stdout/stderr pipe
     uplink: Optional[Connection]  # a supervisor child's event channel
     started_at: float = attrs.field(factory=time.time)  # wall clock, for display
-    started_mono: float = attrs.field(factory=time.monotonic)  # for uptime decisions
 
 
-def start_node(mp_context, tree: TreeContext, node: NodeSpec) -> Running:
-    """Start `node` as a child of this process. Raises OSError if it cannot be forked."""
+def start_node(mp_context, tree: TreeContext, node: NodeSpec, target: Target) -> Running:
+    """Start `node` as a child of this process, running `target` there.
+
+    A supervisor gets a duplex pipe to us, a worker a pipe for its output.
+    Raises OSError if it cannot be forked.
+    """
     if node.is_supervisor:
         ours, theirs = mp_context.Pipe(duplex=True)
-        target, output_fd = child.supervisor_main, None
+        output_fd = None
     else:
         output_fd, write_fd = os.pipe()
         ours, theirs = None, Connection(write_fd, readable=False)
-        target = child.worker_main
     process = mp_context.Process(
         target=target, args=(tree, node, theirs, os.getpid()), name=f"orch:{tree.name}/{node.path}"
     )
@@ -73,6 +82,43 @@ def reap(running: Running) -> int:
         running.uplink.close()
     running.process.close()
     return code if code is not None else -9
+
+
+class Starter(Protocol):
+    """How a supervisor starts, signals and reaps its node processes (a fake in unit tests)."""
+
+    def start(self, node: NodeSpec, tree: TreeContext) -> Running: ...
+    def reap(self, running: Running) -> int: ...
+    def signal(self, running: Running, signum: int, group: bool = True) -> None: ...
+    def kill_group(self, running: Running) -> None: ...
+
+
+class ProcessStarter:
+    """The real `Starter`: multiprocessing processes running `worker_target` or `supervisor_target`."""
+
+    def __init__(self, mp_context, worker_target: Target, supervisor_target: Target) -> None:
+        self._mp = mp_context
+        self._worker_target = worker_target
+        self._supervisor_target = supervisor_target
+
+    def start(self, node: NodeSpec, tree: TreeContext) -> Running:
+        target = self._supervisor_target if node.is_supervisor else self._worker_target
+        return start_node(self._mp, tree, node, target)
+
+    reap = staticmethod(reap)
+
+    @staticmethod
+    def signal(running: Running, signum: int, group: bool = True) -> None:
+        """Signal the node's process group (its helpers too), or the pid before it has one."""
+        if group:
+            osproc.signal_group_or_pid(running.pid, signum)
+        else:
+            osproc.send(running.pid, signum)
+
+    @staticmethod
+    def kill_group(running: Running) -> None:
+        """SIGKILL an exited worker's process group: helpers it forked must not outlive it."""
+        osproc.send(running.pid, SIGKILL, group=True)
 
 
 def _close_quietly(*things) -> None:

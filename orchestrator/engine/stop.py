@@ -8,20 +8,11 @@ from typing import Callable, Deque, List, Optional, Sequence
 from orchestrator.engine import osproc
 from orchestrator.engine.loop import Loop, Timer
 from orchestrator.engine.output import log
+from orchestrator.engine.spawn import Starter
 
 
 # How long a supervisor told to kill its subtree may take before it is SIGKILLed.
 KILL_SUBTREE_GRACE = 2.0
-
-
-def signal_node(slot, signum: int, group: bool = True) -> None:
-    """Signal a node's process group (its helpers too), or the pid before it has one."""
-    slot.stop_requested = True
-    slot.state = "stopping"
-    if group:
-        osproc.signal_group_or_pid(slot.running.pid, signum)
-    else:
-        osproc.send(slot.running.pid, signum)
 
 
 class StopSequence:
@@ -31,11 +22,13 @@ class StopSequence:
     SIGKILLed; a supervisor is told to SIGKILL its own subtree first, so no
     grandchild or helper is orphaned. `on_done` runs once every slot handed in
     has been reaped, never earlier: every process stays accounted for.
+    Signals go through `starter` (spawn.Starter), so a unit test records them.
     """
 
-    def __init__(self, loop: Loop, slots: Sequence, on_done: Callable[[], None],
+    def __init__(self, loop: Loop, starter: Starter, slots: Sequence, on_done: Callable[[], None],
                  on_signal: Callable[[object], None] = lambda slot: None) -> None:
         self._loop = loop
+        self._starter = starter
         self._on_signal = on_signal  # the supervisor reports the `stopping` state
         self._slots = list(slots)
         self._queue: Deque = collections.deque(slots)
@@ -85,7 +78,7 @@ class StopSequence:
                 continue
             self._current = [slot] + self._replicas_after(slot)
             for member in self._current:
-                signal_node(member, signal.SIGTERM)
+                self._send(member, signal.SIGTERM)
                 self._on_signal(member)
             self._timer = self._loop.call_later(slot.spec.stop_budget(), self._deadline)
             return
@@ -108,24 +101,30 @@ class StopSequence:
                 break
         return members
 
+    def _send(self, slot, signum: int, group: bool = True) -> None:
+        """Signal a node's process group (its helpers too), or the pid before it has one."""
+        slot.stop_requested = True
+        slot.state = "stopping"
+        self._starter.signal(slot.running, signum, group)
+
     def _kill_fast(self, slot) -> None:
         if not slot.spec.is_supervisor:
-            signal_node(slot, signal.SIGKILL)
+            self._send(slot, signal.SIGKILL)
             return
-        signal_node(slot, osproc.KILL_SUBTREE, group=False)
+        self._send(slot, osproc.KILL_SUBTREE, group=False)
         running = slot.running
         self._loop.call_later(KILL_SUBTREE_GRACE, lambda: self._kill_if_still(slot, running))
 
     def _kill_if_still(self, slot, running) -> None:
         if slot.running is running:
             log(f"{slot.spec.path} did not kill its subtree within {KILL_SUBTREE_GRACE:g}s; sending SIGKILL")
-            signal_node(slot, signal.SIGKILL)
+            self._send(slot, signal.SIGKILL)
 
     def _deadline(self) -> None:
         for slot in self._current:
             if slot.running is not None:
                 log(f"{slot.spec.path} did not stop within {slot.spec.stop_budget():g}s; sending SIGKILL")
-                signal_node(slot, signal.SIGKILL)
+                self._send(slot, signal.SIGKILL)
 
     def _maybe_done(self) -> None:
         if self._finished or self._current or self._queue:

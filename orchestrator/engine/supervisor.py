@@ -1,80 +1,91 @@
-"""The per-supervisor event loop: start children, notice exits, restart by strategy, stop."""
+"""One supervisor: start its children, notice exits, restart by strategy, obey commands, stop.
+
+All effects happen in callbacks of its loop. What it starts and signals goes
+through a `spawn.Starter` and what time it is comes from `clock`, so a unit test
+drives it with fakes; `supervisor_main` is its process's entry below the root.
+"""
 from __future__ import annotations
 
 import gc
 import multiprocessing
 import os
 import signal
+import sys
 import time
 from multiprocessing.connection import Connection
 from typing import Callable, List, Optional, Tuple
 
-
+from orchestrator.engine import child
 from orchestrator.engine import osproc
 from orchestrator.engine import spawn
-from orchestrator.policy import strategy
 from orchestrator.engine import streams
-from orchestrator.engine.child import EXIT_BOOT_FAILED
-from orchestrator.policy.intensity import RestartWindow, backoff_delay
-from orchestrator.engine.loop import Loop, Timer
-from orchestrator.engine.output import OutputRelay, log
-from orchestrator.engine.apply import ApplyMixin
+from orchestrator.engine.acks import Acknowledgements
+from orchestrator.engine.loop import Loop
+from orchestrator.engine.operations import Operations
+from orchestrator.engine.output import log
+from orchestrator.engine.pacing import RestartPacing, describe_exit
 from orchestrator.engine.slot import Slot
-from orchestrator.spec.model import NodeSpec, Restart, Strategy, TreeContext
-from orchestrator.engine.start import StartSequence
-from orchestrator.engine.stop import StopSequence
 from orchestrator.engine.uplink import PipeUplink, Uplink
+from orchestrator.engine.watch import ProcessWatch
+from orchestrator.policy import strategy
+from orchestrator.policy.plan import LiveChild, ReloadPlan, plan_reload
+from orchestrator.spec.model import NodeSpec, Restart, Strategy, TreeContext
 
 # A fork that fails (EAGAIN, ENOMEM) is retried from a timer with backoff, so a
 # stop request still gets through while the machine is short of processes.
 START_RETRY_FIRST = 0.1
 START_RETRY_MAX = 5.0
 
-def describe_exit(code: int) -> str:
-    if code < 0:
-        try:
-            return f"was killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"was killed by signal {-code}"
-    return f"exited with code {code}"
 
+class Supervisor:
+    """Supervises the children of one node.
 
-class Supervisor(ApplyMixin):
-    """Supervises the children of one node; all effects happen in `loop` callbacks."""
+    One operation runs at a time (operations.py): a failure seen meanwhile is
+    judged once it is over, and commands from above wait behind it.
+    """
 
     def __init__(self, tree: TreeContext, node: NodeSpec, uplink: Uplink, loop: Loop,
-                 parent_pid: Optional[int] = None) -> None:
+                 parent_pid: Optional[int] = None, *, clock: Callable[[], float] = time.monotonic,
+                 starter: Optional[spawn.Starter] = None) -> None:
         self.tree = tree
         self.parent_pid = parent_pid  # the root's is its guardian's (None if it runs without one)
         self.node = node
         self.uplink = uplink
         self.loop = loop
+        self.starter = starter if starter is not None else spawn.ProcessStarter(
+            multiprocessing.get_context(tree.start_method.value), child.worker_main, supervisor_main)
         self.slots: List[Slot] = [Slot(spec) for spec in node.children]
-        self.window = RestartWindow(node.intensity)
-        self.mp = multiprocessing.get_context(tree.start_method.value)
+        self.pacing = RestartPacing(node.intensity, clock)
+        self.acks = Acknowledgements(lambda generation: self.uplink.applied(self.node.path, generation))
         self.stopping = False
         self.exit_code = 0
         self.gave_up: Optional[str] = None
-        self._sequence: Optional[StopSequence] = None  # restart round or shutdown
-        self._starting: Optional[StartSequence] = None
-        self._delayed: Optional[Timer] = None  # a backed-off restart round, not yet begun
-        self._queued: List[Callable[[], None]] = []  # commands and reloads waiting for idle
-        self._retiring: List[Slot] = []  # removed by a reload, stopping; reaped before we exit
         self.on_hangup: Optional[Callable[[], None]] = None  # the root reloads on SIGHUP
-        self._generation = 0  # of the last spec applied; acknowledged up once fully done
-        self._acks_due: set = set()  # supervisor children still applying that generation
-        self._applied_here = True
+        self._watch = ProcessWatch(loop, self.starter, self._on_exit, self._handle_message)
+        self.ops = Operations(loop, self.starter, self._start, self._emit, self._on_idle)
+        self._retiring: List[Slot] = []  # removed by a reload, stopping; reaped before we exit
         self._pending: List[Tuple[Slot, int]] = []  # failures seen while busy
         self._ready_sent = False
 
     # ----- lifecycle -------------------------------------------------------
 
     def run(self) -> int:
+        """Run this process's loop until every child is stopped; the exit code."""
         # Two fds per child (exit fd, output pipe) plus headroom for the control plane.
         osproc.ensure_fd_limit(2 * len(self.slots) + 256)
         # Objects that exist now are never collected in children, so the GC does not
         # touch (and copy) the pages every forked child shares with us.
         gc.freeze()
+        streams.attach(self.loop)  # our output backlogs are written from this loop
+        try:
+            self.begin()
+            self.loop.run()
+        finally:
+            streams.detach()  # the loop closes after this
+        return self.exit_code
+
+    def begin(self) -> None:
+        """Listen for signals and commands, and start the children that are not held."""
         for signum in osproc.HANDLED_SIGNALS:
             self.loop.on_signal(signum, self._on_stop_signal)
         if self.on_hangup is not None:
@@ -82,13 +93,7 @@ class Supervisor(ApplyMixin):
         self.loop.on_signal(osproc.KILL_SUBTREE, self.abandon)
         osproc.unblock_handled_signals()
         self.uplink.attach(self)
-        streams.attach(self.loop)  # our output backlogs are written from this loop
-        self._start_in_order([slot for slot in self.slots if not slot.spec.held])
-        try:
-            self.loop.run()
-        finally:
-            streams.detach()  # the loop closes after this
-        return self.exit_code
+        self.ops.start([slot for slot in self.slots if not slot.spec.held])
 
     def child_pids(self) -> List[int]:
         """Pids of our node processes, those being retired by a reload included."""
@@ -106,8 +111,7 @@ class Supervisor(ApplyMixin):
             log(f"{self._label()}: parent process died; killing this subtree")
         if not self.stopping:
             self.shutdown(exit_code=1)
-        if self._sequence is not None:
-            self._sequence.force()
+        self.ops.force()
 
     def shutdown(self, exit_code: int = 0) -> None:
         """Stop every child in reverse spec order, then leave the loop.
@@ -115,9 +119,9 @@ class Supervisor(ApplyMixin):
         A second request while stopping SIGKILLs what is left (a second Ctrl-C).
         """
         if self.stopping:
-            if self._sequence is not None:
+            if self.ops.busy:  # the final stop has not finished
                 log(f"{self._label()}: second stop request; killing the remaining processes")
-                self._sequence.force()
+                self.ops.force()
             return
         self.stopping = True
         self.exit_code = exit_code
@@ -126,42 +130,17 @@ class Supervisor(ApplyMixin):
         self._pending.clear()
         for slot in self.slots:
             self._cancel_retry(slot)
-        if self._starting is not None:
-            self._starting.cancel()
-            self._starting = None
-        if self._delayed is not None:
-            self._delayed.cancel()
-            self._delayed = None
-        if self._sequence is not None:
-            self._sequence.cancel()
-        self._queued.clear()
-        self._run_sequence(list(reversed(self.slots)) + self._retiring, self._finish)
-
-    def _finish(self) -> None:
-        self._sequence = None
-        self.loop.stop()
+        self.ops.close(list(reversed(self.slots)) + self._retiring, self.loop.stop)
 
     # ----- starting --------------------------------------------------------
 
-    def _start_in_order(self, slots: List[Slot], then: Callable[[], None] = lambda: None) -> None:
-        def done() -> None:
-            then()  # before _after_start, which may begin a queued apply
-            self._after_start()
-        self._starting = StartSequence(slots, self._start, done)
-        self._starting.begin()
-
-    def _after_start(self) -> None:
-        self._starting = None
+    def _on_idle(self) -> None:
+        """A start sequence ended: report readiness, then judge the failures it held back."""
         self._check_ready()
         pending, self._pending = self._pending, []
         for slot, code in pending:
             if slot.running is None and slot.retry is None and not slot.spec.held:
                 self._on_failure(slot, code)
-        if self._queued and not self._busy() and not self.stopping:
-            self._queued.pop(0)()
-
-    def _busy(self) -> bool:
-        return self._sequence is not None or self._starting is not None or self._delayed is not None
 
     def _start(self, slot: Slot) -> None:
         slot.retry = None
@@ -170,20 +149,14 @@ class Supervisor(ApplyMixin):
             # slot a reload replaced, or one that already runs, starts nothing.
             return
         try:
-            running = spawn.start_node(self.mp, self.tree, slot.spec)
+            slot.running = self._watch.start(slot, self.tree)
         except OSError as error:
             self._retry_start(slot, error)
             return
+        self.pacing.started(slot)
         slot.start_failures = 0
-        slot.running = running
         slot.ready = False
         slot.state = "starting" if slot.spec.is_supervisor else "running"
-        self.loop.add_reader(running.exit_fd, lambda: self._on_exit(slot))
-        if running.output_fd is not None:
-            relay = OutputRelay(running.output_fd, slot.spec.path, self._close_relay)
-            self.loop.add_reader(running.output_fd, relay.on_readable)
-        if running.uplink is not None:
-            self.loop.add_reader(running.uplink.fileno(), lambda: self._on_child_message(slot))
         self._emit(slot)
 
     def _retry_start(self, slot: Slot, error: OSError) -> None:
@@ -201,35 +174,21 @@ class Supervisor(ApplyMixin):
             slot.state = "stopped"
             self._emit(slot)
 
-    def _close_relay(self, relay: OutputRelay) -> None:
-        self.loop.remove_reader(relay.fd)
-        os.close(relay.fd)
-
-    # ----- exits -----------------------------------------------------------
+    # ----- exits and restarts ----------------------------------------------
 
     def _on_exit(self, slot: Slot) -> None:
-        running = slot.running
-        if running is None:
+        if slot.running is None:
             return
-        if running.uplink is not None:
-            self._drain_messages(slot)
-            self.loop.remove_reader(running.uplink.fileno())
-        self.loop.remove_reader(running.exit_fd)
-        code = spawn.reap(running)
-        slot.last_uptime = time.monotonic() - running.started_mono
-        if not slot.spec.is_supervisor:
-            # Helpers the worker forked share its process group: none outlives it.
-            osproc.send(running.pid, signal.SIGKILL, group=True)
+        code = self._watch.reap(slot)
+        self.pacing.exited(slot)
         slot.running = None
         slot.ready = False
         expected, slot.stop_requested = slot.stop_requested, False
-        # Sequences hear of the exit after the slot's state is settled: finishing
-        # one may start this very slot again.
-        sequences = [seq for seq in (self._sequence, self._starting) if seq is not None]
-        if slot.spec.path in self._acks_due:
-            # It will restart with the spec it was handed, or not at all: done either way.
-            self._acks_due.discard(slot.spec.path)
-            self._maybe_acknowledge()
+        # The sequence hears of the exit after the slot's state is settled: finishing
+        # it may start this very slot again.
+        sequence = self.ops.current
+        # It will restart with the spec it was handed, or not at all: done either way.
+        self.acks.child_done(slot.spec.path)
         retired = slot in self._retiring
         if retired:
             self._retiring.remove(slot)
@@ -240,36 +199,32 @@ class Supervisor(ApplyMixin):
             log(f"{slot.spec.path} {describe_exit(code)}")
             slot.failures += 1
             self._on_failure(slot, code)
-        for sequence in sequences:
+        if sequence is not None:
             sequence.exited(slot)
 
     def _on_failure(self, slot: Slot, code: int) -> None:
-        if self._busy():
+        if self.ops.busy:
             # Decided once the current round is over; until then it is on its way
             # somewhere, not failed for good (a reload's verdict must not stop here).
             slot.state = "restarting" if strategy.should_restart(slot.spec.restart, code) else "failed"
             self._emit(slot)
             self._pending.append((slot, code))
             return
-        if code == EXIT_BOOT_FAILED and not slot.spec.is_supervisor:
-            self._give_up(f"{slot.spec.path} could not boot (exit code {EXIT_BOOT_FAILED}); see its output")
+        if code == child.EXIT_BOOT_FAILED and not slot.spec.is_supervisor:
+            self._give_up(f"{slot.spec.path} could not boot (exit code {child.EXIT_BOOT_FAILED}); see its output")
             return
         if not strategy.should_restart(slot.spec.restart, code):
             slot.state = "stopped" if code == 0 else "failed"
             self._emit(slot)
             self._check_ready()
             return
-        if not self.window.allow(time.monotonic()):
-            self._give_up(self._intensity_reason(slot, code))
+        if not self.pacing.admit():
+            self._give_up(self.pacing.exceeded(slot, code))
             return
         self._schedule_restart(slot)
 
     def _schedule_restart(self, slot: Slot) -> None:
-        backoff = slot.spec.backoff
-        if slot.last_uptime >= backoff.cap:
-            slot.quick_exits = 0
-        delay = backoff_delay(slot.quick_exits, backoff)
-        slot.quick_exits += 1
+        delay = self.pacing.delay(slot)
         if delay <= 0:
             self._restart_round(slot)
             return
@@ -280,24 +235,12 @@ class Supervisor(ApplyMixin):
             # Only this child is affected, so its wait need not hold up its siblings.
             slot.retry = self.loop.call_later(delay, lambda: self._restart_alone(slot))
         else:
-            self._delayed = self.loop.call_later(delay, lambda: self._end_delay(slot))
+            self.ops.after(delay, lambda: self._restart_round(slot))
 
     def _restart_alone(self, slot: Slot) -> None:
         slot.retry = None
         slot.restarts += 1
         self._start(slot)
-
-    def _end_delay(self, slot: Slot) -> None:
-        self._delayed = None
-        self._restart_round(slot)
-
-    def _intensity_reason(self, slot: Slot, code: int) -> str:
-        limit = self.node.intensity
-        reason = (f"{slot.spec.path} {describe_exit(code)}; more than {limit.max_restarts} "
-                  f"restarts within {limit.within:g}s")
-        if slot.report:
-            reason += f" (because: {slot.report})"
-        return reason
 
     def _restart_round(self, failed: Slot) -> None:
         names = [slot.spec.name for slot in self.slots]
@@ -309,21 +252,16 @@ class Supervisor(ApplyMixin):
         failed.state = "restarting"
         self._emit(failed)
         log(f"{failed.spec.path}: restarting {', '.join(slot.spec.path for slot in to_start)} "
-            f"({self.node.strategy.value}, restart {self.window.recent()} of at most "
-            f"{self.node.intensity.max_restarts} within {self.node.intensity.within:g}s)")
-        self._run_sequence(to_stop, lambda: self._finish_round(to_start))
+            f"({self.node.strategy.value}, {self.pacing.budget()})")
+        self.ops.stop_then_start(to_stop, lambda: self._still_to_restart(to_start))
 
-    def _finish_round(self, to_start: List[Slot]) -> None:
-        self._sequence = None
-        to_start = [slot for slot in to_start
-                    if slot.running is None and slot.retry is None and not slot.spec.held]
-        for slot in to_start:
+    @staticmethod
+    def _still_to_restart(slots: List[Slot]) -> List[Slot]:
+        """What a round starts once its stops are done: what nothing else has started or held meanwhile."""
+        slots = [slot for slot in slots if slot.running is None and slot.retry is None and not slot.spec.held]
+        for slot in slots:
             slot.restarts += 1
-        self._start_in_order(to_start)
-
-    def _run_sequence(self, slots: List[Slot], on_done) -> None:
-        self._sequence = StopSequence(self.loop, slots, on_done, self._emit)
-        self._sequence.begin()
+        return slots
 
     def _give_up(self, reason: str) -> None:
         log(f"{self._label()}: giving up: {reason}")
@@ -331,24 +269,83 @@ class Supervisor(ApplyMixin):
         self.uplink.gave_up(self.node.path, reason)
         self.shutdown(exit_code=1)
 
-    # ----- messages from supervisor children -------------------------------
+    # ----- commands from above ---------------------------------------------
 
-    def _on_child_message(self, slot: Slot) -> None:
-        running = slot.running
-        try:
-            message = running.uplink.recv()
-        except (EOFError, OSError):
-            self.loop.remove_reader(running.uplink.fileno())
+    def command(self, message: tuple) -> None:
+        """Run a command for a node in this subtree, or pass it down to the supervisor owning it."""
+        kind, path = message[0], message[1]
+        if kind == "apply":
+            self.ops.when_idle(lambda: self.apply(message[1], message[2], message[3]))
             return
-        self._handle_message(slot, message)
+        parent, _, name = path.rpartition("/")
+        if parent == self.node.path:
+            # Looked up when it runs, not now: a reload queued ahead of it may replace
+            # the slot, and acting on the old one would start a second process for the node.
+            self.ops.when_idle(lambda: self._node_command(kind, name))
+            return
+        for slot in self.slots:
+            if slot.running is not None and slot.running.uplink is not None \
+                    and path.startswith(slot.spec.path + "/"):
+                self._send_down(slot, message)
+                return
 
-    def _drain_messages(self, slot: Slot) -> None:
-        conn: Connection = slot.running.uplink
+    def _node_command(self, kind: str, name: str) -> None:
+        """Restart one child; orch causes this stop, so it never counts as a failure.
+
+        (`orch stop`/`orch start` arrive as an `apply` with the node's `held` flag.)
+        """
+        slot = next((slot for slot in self.slots if slot.spec.name == name), None)
+        if slot is None:
+            return  # a reload removed it meanwhile
+        if kind == "restart" and not slot.spec.held:
+            self._cancel_retry(slot)
+            slot.restarts += 1
+            self._operate(stop=[slot], start=[slot])
+
+    def apply(self, node: NodeSpec, tree: TreeContext, generation: int) -> None:
+        """Go from the current spec to `node` touching only what changed (plan_reload).
+
+        Acknowledged upward as ("applied", path, generation) once our own stops and
+        starts are done and every supervisor child we passed a part to has acknowledged.
+        """
+        plan = plan_reload([LiveChild(slot.spec, slot.running is not None) for slot in self.slots], node)
+        old = {slot.spec.name: slot for slot in self.slots}
+        self.node, self.tree = node, tree
+        self.pacing.intensity = node.intensity
+        self.slots = [self._slot_for(spec, old, plan) for spec in node.children]
+        new = {slot.spec.name: slot for slot in self.slots}
+        for name in plan.remove + plan.replace:
+            old[name].retired = True  # never to be started again: its node is gone or replaced
+        for name in plan.remove + plan.replace + plan.hold:
+            self._cancel_retry(old[name])
+        self._retiring += [old[name] for name in plan.retire]
+        self.acks.begin(generation, [new[name].spec.path for name in plan.send_down])
+        for name in plan.send_down:
+            self._send_down(new[name], ("apply", new[name].spec, tree, generation))
+        self._operate(stop=[old[name] for name in plan.stop], start=[new[name] for name in plan.start],
+                      then=self.acks.local_done)
+
+    @staticmethod
+    def _slot_for(spec: NodeSpec, old: dict, plan: ReloadPlan) -> Slot:
+        """The slot that runs `spec` from now on: the same one, updated, or a new one."""
+        if spec.name in plan.keep:
+            slot = old[spec.name]
+            slot.spec = spec
+            return slot
+        return Slot(spec, restarts=old[spec.name].restarts + 1 if spec.name in old else 0)
+
+    def _operate(self, stop: List[Slot], start: List[Slot], then: Callable[[], None] = lambda: None) -> None:
+        """A command's operation: stop, then start what is still down and not held."""
+        self.ops.stop_then_start(
+            stop, lambda: [slot for slot in start if slot.running is None and not slot.spec.held], then)
+
+    def _send_down(self, slot: Slot, message: tuple) -> None:
         try:
-            while conn.poll(0):
-                self._handle_message(slot, conn.recv())
-        except (EOFError, OSError):
-            pass
+            slot.running.uplink.send(message)
+        except OSError:
+            pass  # it is exiting; its exit is handled like any other
+
+    # ----- messages from supervisor children, and reports up --------------
 
     def _handle_message(self, slot: Slot, message: tuple) -> None:
         kind, path = message[0], message[1]
@@ -357,21 +354,15 @@ class Supervisor(ApplyMixin):
                 slot.ready = True
                 slot.state = "running"
                 self._emit(slot)
-                if self._starting is not None:
-                    self._starting.ready(slot)
-                else:
+                if not self.ops.started(slot):
                     self._check_ready()
                 return
             if kind == "gave_up":
                 slot.report = message[2]
             if kind == "applied":
-                if message[2] == self._generation:
-                    self._acks_due.discard(path)
-                    self._maybe_acknowledge()
+                self.acks.child_applied(path, message[2])
                 return
         self.uplink.forward(message)
-
-    # ----- reporting -------------------------------------------------------
 
     def _emit(self, slot: Slot) -> None:
         running = slot.running
@@ -385,7 +376,7 @@ class Supervisor(ApplyMixin):
         )
 
     def _check_ready(self) -> None:
-        if self._ready_sent or self.stopping or self._busy():
+        if self._ready_sent or self.stopping or self.ops.busy:
             return
         if all(slot.settled for slot in self.slots):
             self._ready_sent = True
@@ -395,8 +386,16 @@ class Supervisor(ApplyMixin):
         return self.node.path or self.tree.name
 
 
+def supervisor_main(tree: TreeContext, node: NodeSpec, uplink: Connection, parent_pid: int) -> None:
+    """Target of a supervisor process: run its loop until stopped or it gives up."""
+    # SIGTERM, not SIGKILL: an orphaned supervisor must live long enough to
+    # SIGKILL its children's process groups, helpers they forked included.
+    child.prepare(tree, node, parent_pid, [uplink.fileno()], signal.SIGTERM)
+    sys.exit(run_child_supervisor(tree, node, uplink, parent_pid))
+
+
 def run_child_supervisor(tree: TreeContext, node: NodeSpec, conn: Connection, parent_pid: int) -> int:
-    """Entry point inside a supervisor process below the root."""
+    """Run a supervisor below the root in this process, reporting to its parent over `conn`."""
     loop = Loop()
     supervisor = Supervisor(tree, node, PipeUplink(conn, loop), loop, parent_pid)
     try:

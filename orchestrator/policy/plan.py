@@ -1,7 +1,11 @@
-"""Pure reload planning: compare two specs by node name, level by level (circus-style diff)."""
+"""Pure reload planning: compare two specs by node name, level by level (circus-style diff).
+
+`plan_tree` lists every change (`orch diff`); `plan_reload` is what one supervisor
+does to its own children, given which of them run now.
+"""
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import attrs
 
@@ -13,7 +17,7 @@ from orchestrator.spec.model import NodeSpec
 RESTART_KEYS = ("worker", "args")
 LIVE_KEYS = ("restart", "daemon", "stop_timeout", "backoff", "strategy", "intensity")
 # `held` (orch stop/start) is live too, but it is the root's, not the file's: the
-# root compares file specs for `orch diff`, and supervisors act on it in apply().
+# root compares file specs for `orch diff`, and supervisors act on it (plan_reload).
 
 
 @attrs.frozen
@@ -24,11 +28,6 @@ class LevelPlan:
     replace: Tuple[str, ...]  # stopped and started again with the new spec
     add: Tuple[str, ...]  # names, in new spec order
     keep: Tuple[str, ...]  # same process; spec updated in place (maybe recursively)
-
-    @property
-    def disruptive(self) -> bool:
-        """Whether any process is stopped: something removed or replaced."""
-        return bool(self.remove or self.replace)
 
 
 def changed_keys(old: NodeSpec, new: NodeSpec) -> Tuple[str, ...]:
@@ -57,14 +56,67 @@ def needs_new_process(old: NodeSpec, new: NodeSpec) -> bool:
 
 
 def plan_level(old: NodeSpec, new: NodeSpec) -> LevelPlan:
-    olds = {child.name: child for child in old.children}
-    news = {child.name: child for child in new.children}
+    return _diff_children(old.children, new.children)
+
+
+def _diff_children(old: Sequence[NodeSpec], new: Sequence[NodeSpec]) -> LevelPlan:
+    olds = {child.name: child for child in old}
+    news = {child.name: child for child in new}
     remove = tuple(name for name in olds if name not in news)
     add = tuple(name for name in news if name not in olds)
     both = [name for name in news if name in olds]
     replace = tuple(name for name in both if needs_new_process(olds[name], news[name]))
     keep = tuple(name for name in both if name not in replace)
     return LevelPlan(remove=remove, replace=replace, add=add, keep=keep)
+
+
+@attrs.frozen
+class LiveChild:
+    """What a supervisor knows of one of its children now, as `plan_reload` needs it."""
+
+    spec: NodeSpec  # the spec it runs with (its `held` flag included)
+    running: bool  # it has a process now
+
+
+@attrs.frozen
+class ReloadPlan:
+    """What one supervisor does to its own children to go to a new spec.
+
+    Every field holds child names. `stop` names current children and `start` new
+    ones: a replaced name is in both, its old process stopped, a new one started.
+    """
+
+    keep: Tuple[str, ...]  # same slot and process; spec updated in place (new spec order)
+    hold: Tuple[str, ...]  # kept, newly held (`orch stop`): stopped, not restarted
+    release: Tuple[str, ...]  # kept, no longer held (`orch start`): started
+    remove: Tuple[str, ...]  # gone from the spec (old spec order)
+    replace: Tuple[str, ...]  # started again with the new spec (new spec order)
+    add: Tuple[str, ...]  # new spec order
+    retire: Tuple[str, ...]  # removed, then replaced, that run: stopped and reaped before we exit
+    stop: Tuple[str, ...]  # removed, replaced and newly held that run, in reverse old spec order
+    start: Tuple[str, ...]  # added, replaced and released, in new spec order
+    send_down: Tuple[str, ...]  # running supervisors kept with a changed spec: each applies its part
+
+
+def plan_reload(current: Sequence[LiveChild], new: NodeSpec) -> ReloadPlan:
+    """Go from the `current` children to `new`'s, touching only what changed (see plan_level)."""
+    level = _diff_children([child.spec for child in current], new.children)
+    now = {child.spec.name: child for child in current}
+    news = {child.name: child for child in new.children}
+    hold = tuple(name for name in level.keep if news[name].held and not now[name].spec.held)
+    release = tuple(name for name in level.keep if now[name].spec.held and not news[name].held)
+    going = set(level.remove + level.replace)
+    retire = tuple(name for name in level.remove + level.replace if now[name].running)
+    stopping = going | set(hold)
+    stop = tuple(child.spec.name for child in reversed(current)
+                 if child.spec.name in stopping and child.running)
+    fresh = set(level.add + level.replace + release)
+    start = tuple(child.name for child in new.children if child.name in fresh)
+    send_down = tuple(name for name in level.keep
+                      if news[name].is_supervisor and now[name].running and news[name] != now[name].spec)
+    return ReloadPlan(keep=level.keep, hold=hold, release=release, remove=level.remove,
+                      replace=level.replace, add=level.add, retire=retire, stop=stop, start=start,
+                      send_down=send_down)
 
 
 @attrs.frozen

@@ -4,21 +4,20 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
-from typing import Callable, List, Optional
+from typing import Optional
 
 from orchestrator.root import control
 from orchestrator.root import livetree
 from orchestrator.root import view
 from orchestrator.errors import EXIT_FAILURE, EXIT_OK, InvalidInput, Problem, RuntimeFailure, UsageError
 
-# States a node passes through on its way somewhere; a reload or command is done
-# when no node is in one of them.
-TRANSITIONAL = ("pending", "starting", "stopping", "restarting", "missing")
-WAIT_SLACK = 10.0
-# After a reload is applied, changed nodes must stay up this long to count as
-# running: a worker that crashes at once is caught here, not reported as fine.
-RELOAD_GRACE = 1.0
+# reload and restart/stop/start make one request each, which the root answers once the
+# tree has settled (orchestrator/root/settle.py), by its own deadline: the tree's stop
+# budget plus slack. This side cannot know that budget, so it asks for at most
+# WAIT_LIMIT and reads a little longer; the read's timeout only catches a root that
+# stopped answering altogether.
+WAIT_LIMIT = 3600.0
+READ_SLACK = 10.0
 
 
 def add_parsers(commands) -> None:
@@ -92,51 +91,19 @@ def cmd_diff(args) -> int:
 
 
 def cmd_reload(args) -> int:
+    """One request: the root applies the file and answers once the tree has settled, with
+    the verdict (what does not run, changed nodes that crashed within its grace first)."""
     reply = _plan(args, "reload")
     _print_plan(reply, args.json, applied=True)
     name = reply["tree"]
-    _wait_applied(name, reply["generation"])
-    changed = {change["path"] for change in reply["changes"] if change["op"] in ("add", "restart")}
-    failing = _verdict(name, changed)
-    if failing:
-        listing = ", ".join(f"{node['path']} ({node['state']})" for node in failing)
+    if not reply["applied"]:
+        raise RuntimeFailure(f"tree {name!r} did not finish applying the reload in time; "
+                             f"see `orch tree {name}`")
+    if reply["failing"]:
+        listing = ", ".join(f"{node['path']} ({node['state']})" for node in reply["failing"])
         raise RuntimeFailure(f"reload applied, but not everything runs: {listing}; "
-                             f"see `orch tree {reply['tree']}`, fix the file and reload again")
+                             f"see `orch tree {name}`, fix the file and reload again")
     return EXIT_OK
-
-
-def _wait_applied(name: str, generation: int) -> None:
-    """Wait until every supervisor has acknowledged the new spec (stops and starts done)."""
-    deadline = time.monotonic() + _budget(name)
-    while ask(name, {"cmd": "ping"}).get("applied", 0) < generation:
-        if time.monotonic() > deadline:
-            raise RuntimeFailure(f"tree {name!r} did not finish applying the reload in time; "
-                                 f"see `orch tree {name}`")
-        time.sleep(0.01)
-
-
-def _not_running(nodes: List[dict]) -> List[dict]:
-    return [node for node in nodes
-            if node["kind"] in ("supervisor", "worker") and node["state"] not in ("running", "stopped")]
-
-
-def _verdict(name: str, changed: set) -> List[dict]:
-    """What does not run after a reload, judged only on a settled tree.
-
-    Changed nodes that fail within the grace period count too (a worker that crashes
-    at start-up is caught here). Failures, not pid changes, are the test: a restart
-    someone asked for meanwhile, or a sibling's restart round, is not a crash.
-    """
-    settled = _wait_settled(name, lambda nodes: True)
-    failures = {node["path"]: node.get("failures", 0) for node in settled if node["path"] in changed}
-    deadline = time.monotonic() + RELOAD_GRACE
-    while True:
-        crashed = [node for node in settled
-                   if node["path"] in failures and node.get("failures", 0) > failures[node["path"]]]
-        if crashed or time.monotonic() >= deadline:
-            return crashed or _not_running(settled)
-        time.sleep(0.05)
-        settled = _wait_settled(name, lambda nodes: True)
 
 
 def _plan(args, command: str) -> dict:
@@ -157,12 +124,15 @@ def _plan(args, command: str) -> dict:
 
         load_tree(args.file, text=text)  # every problem at once, as `orch validate` reports them
         raise
-    reply = control.request(name, {"cmd": command, "file": os.path.abspath(args.file),
-                                   "shown": args.file, "text": text})
+    request = {"cmd": command, "file": os.path.abspath(args.file), "shown": args.file, "text": text}
+    if command == "reload":
+        reply = control.request(name, _waiting(request), timeout=WAIT_LIMIT + READ_SLACK)
+    else:
+        reply = control.request(name, request)
     if reply.get("problems"):
         raise InvalidInput(Problem(**problem) for problem in reply["problems"])
     if not reply.get("ok"):
-        raise RuntimeFailure(f"tree {tree.name!r}: {reply.get('error', 'request failed')}")
+        raise RuntimeFailure(f"tree {name!r}: {reply.get('error', 'request failed')}")
     return reply
 
 
@@ -183,56 +153,22 @@ def _print_plan(reply: dict, as_json: bool, applied: bool) -> None:
 
 
 def cmd_node(args) -> int:
+    """One request: the root checks the path and whether the command can apply (exit 2 at
+    once if not), acts, and answers once the tree has settled with the node where the
+    command sent it, or held meanwhile by a concurrent `orch stop` (it will not run)."""
     name = one_tree(args.name)
-    # The root checks the path and whether the command can apply (exit 2 at once if not)
-    # and says which pid the node had, so a restart is done once that pid is replaced.
-    before = ask(name, {"cmd": args.command, "path": args.path}).get("pid")
-    wanted = {
-        "stop": lambda node: node["state"] == "stopped" and node["pid"] is None,
-        "start": lambda node: node["state"] == "running",
-        "restart": lambda node: node["state"] == "running" and node["pid"] != before,
-    }[args.command]
-    # A concurrent `orch stop` of this node or an ancestor ends the wait too: it will not run.
-    held_meanwhile = (lambda nodes: False) if args.command == "stop" else \
-        (lambda nodes: _holder(nodes, args.path) is not None)
-    nodes = _wait_settled(name, lambda nodes: wanted(_node(nodes, args.path)) or held_meanwhile(nodes))
-    node = _node(nodes, args.path)
-    holder = None if wanted(node) or args.command == "stop" else _holder(nodes, args.path)
+    reply = ask(name, _waiting({"cmd": args.command, "path": args.path}), timeout=WAIT_LIMIT + READ_SLACK)
+    node, holder = reply["node"], reply["holder"]
+    if node is None:
+        raise RuntimeFailure(f"node {args.path!r} is gone from the tree")
     print(f"orch: {name}/{args.path}: {node['state']}" + (f" (pid {node['pid']})" if node["pid"] else "")
           + (f"; {holder} was stopped meanwhile (held)" if holder else ""), file=sys.stderr)
-    return EXIT_OK if wanted(node) else EXIT_FAILURE
+    return EXIT_OK if reply["wanted"] else EXIT_FAILURE
 
 
-def _holder(nodes: List[dict], path: str) -> Optional[str]:
-    """The path of `path` or its nearest ancestor that is held, if any."""
-    held = {node["path"] for node in nodes if node.get("held")}
-    while path:
-        if path in held:
-            return path
-        path = path.rpartition("/")[0]
-    return None
-
-
-def _node(nodes: List[dict], path: str) -> dict:
-    for node in nodes:
-        if node["path"] == path:
-            return node
-    raise RuntimeFailure(f"node {path!r} is gone from the tree")
-
-
-def _wait_settled(name: str, done: Callable[[List[dict]], bool], timeout: Optional[float] = None) -> List[dict]:
-    """Poll the tree until no node is in transit and `done` holds (this is the CLI, not a loop)."""
-    deadline = time.monotonic() + (timeout or _budget(name))
-    while True:
-        nodes = ask(name, {"cmd": "tree"})["nodes"]
-        settled = not any(node["state"] in TRANSITIONAL for node in nodes if node["kind"] != "helper")
-        if (settled and done(nodes)) or time.monotonic() > deadline:
-            return nodes
-        time.sleep(0.02)
-
-
-def _budget(name: str) -> float:
-    return ask(name, {"cmd": "ping"}).get("stop_budget", 30.0) + WAIT_SLACK
+def _waiting(request: dict) -> dict:
+    """`request`, answered by the root only once the tree has settled (or WAIT_LIMIT passed)."""
+    return dict(request, wait=True, timeout=WAIT_LIMIT)
 
 
 # ----- helpers ------------------------------------------------------------------------
@@ -250,8 +186,8 @@ def one_tree(name: Optional[str]) -> str:
     return names[0]
 
 
-def ask(name: str, command: dict) -> dict:
-    reply = control.request(name, command)
+def ask(name: str, command: dict, timeout: float = 10.0) -> dict:
+    reply = control.request(name, command, timeout=timeout)
     if not reply.get("ok"):
         failure = UsageError if reply.get("usage") else RuntimeFailure
         raise failure(f"tree {name!r}: {reply.get('error', 'request failed')}")

@@ -14,7 +14,13 @@ Whatever a client sends, it costs the root a bounded amount of memory, CPU and f
   TURN_BUDGET seconds a turn, so child exits are handled in between;
 - clients idle for IDLE_TIMEOUT, or pipelining requests without reading the replies,
   are dropped; when accept() fails the listening socket rests instead of spinning;
-- no exception from a client's callbacks reaches the loop: it drops that client alone.
+- no exception from a client's callbacks reaches the loop: it drops that client alone;
+- a handler may answer later (a `Deferred`, for `wait`): the client keeps its one request
+  in flight meanwhile, so it is not idle (the idle timeout spares it) but still counts
+  against MAX_CLIENTS, which therefore bounds the waiting requests too. Every deferred
+  reply has a deadline, capped at MAX_DEFERRAL, when the handler's `expire()` answers
+  with things as they are, marked `"timed_out": true`; a client that hangs up while it
+  waits is forgotten and its wait cancelled.
 
 Refusals and drops are counted by reason (`stats()`, shown by `ping`) and logged at
 most once a minute per reason.
@@ -24,6 +30,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import select
 import socket
 import struct
 import termios
@@ -31,7 +38,7 @@ import time
 from collections import deque
 from functools import partial
 from pathlib import Path
-from typing import Callable, Deque, Dict, Optional
+from typing import Callable, Deque, Dict, Optional, Union
 
 from orchestrator.root.control import MAX_REQUEST
 from orchestrator.engine.loop import Loop, Timer
@@ -68,10 +75,59 @@ TURN_BUDGET = 0.015
 ACCEPT_RETRY = 0.1
 # Each reason is logged at most this often, so clients cannot flood the root's log.
 LOG_EVERY = 60.0
+# The longest a deferred reply may wait, whatever its handler asked: a waiting client
+# pins a connection, so its deadline must come (clients read with a longer timeout).
+MAX_DEFERRAL = 3600.0
 # Why a client was refused or dropped: the keys of stats().
 REASONS = ("too_long", "too_many_clients", "idle", "unread_replies", "accept_failed", "internal_error")
 
-Handler = Callable[[dict], dict]
+
+def _nothing() -> None:
+    pass
+
+
+class Deferred:
+    """A reply a handler gives later: it returns this, and calls `resolve(reply)` once it knows.
+
+    Whatever happens, the client is answered by `timeout` seconds: then `expire()` says how
+    things are, and the server sends that marked `"timed_out": true`. `cancel()` is called
+    instead if the client goes away first. Exactly one of resolve, expiry and cancel wins.
+    """
+
+    def __init__(self, timeout: float, expire: Callable[[], dict],
+                 cancel: Callable[[], None] = _nothing) -> None:
+        self.timeout = min(max(0.0, timeout), MAX_DEFERRAL)
+        self.expire = expire
+        self.cancel = cancel
+        self.done = False
+        self.early: Optional[dict] = None  # resolved before the server took it over
+        self._deliver: Optional[Callable[[dict], None]] = None
+
+    def resolve(self, reply: dict) -> None:
+        if self.done:
+            return
+        self.done = True
+        if self._deliver is None:
+            self.early = reply
+        else:
+            self._deliver(reply)
+
+    def attach(self, deliver: Callable[[dict], None]) -> None:
+        """The server's side: where the reply goes (at once, if it is already known)."""
+        self._deliver = deliver
+        if self.early is not None:
+            reply, self.early = self.early, None
+            deliver(reply)
+
+    def abandon(self) -> None:
+        """The client is gone: nobody is waiting for the reply any more."""
+        if not self.done:
+            self.done = True
+            self._deliver = None
+            self.cancel()
+
+
+Handler = Callable[[dict], Union[dict, Deferred]]
 
 
 class ControlServer:
@@ -106,6 +162,9 @@ class ControlServer:
 
     def close(self) -> None:
         for client in list(self._clients.values()):
+            if client.waiting is not None:
+                # The root is going away: a waiting client learns why it gets no answer.
+                client.send_last_word({"ok": False, "error": "the tree stopped before this request was answered"})
             client.close()
         for timer in (self._serving, self._sweeping, self._resting):
             if timer is not None:
@@ -156,9 +215,10 @@ class ControlServer:
         self._drop_for_room(min(self._clients.values(), key=_Client.eviction_order))
 
     def _drop_for_room(self, victim: "_Client") -> None:
+        longest = "had waited for its answer the longest" if victim.waiting is not None else "was idle the longest"
         victim.drop("too_many_clients", f"{MAX_CLIENTS} clients connected: dropped the one idle the "
                                         "longest to let a new one in",
-                    error=f"{MAX_CLIENTS} clients are connected and this one was idle the longest")
+                    error=f"{MAX_CLIENTS} clients are connected and this one {longest}")
 
     def _rest(self, error: OSError) -> None:
         self.refused("accept_failed", f"accept() failed ({error.strerror or error}); "
@@ -245,6 +305,8 @@ class _Client:
         self._drained = 0
         self._reading = False
         self._writing = False
+        self.waiting: Optional[Deferred] = None  # the request in flight, answered later
+        self._deadline: Optional[Timer] = None  # when `waiting` is answered as it stands
         # Made once: the loop recognises a callback still current by identity.
         self._on_readable = server.guarded(self, self._read)
         self._on_writable = server.guarded(self, self._flush)
@@ -258,7 +320,7 @@ class _Client:
         """Sort key; the smallest is dropped first to make room for a newcomer."""
         if self.draining:
             rank = 0  # being dropped anyway
-        elif self.queued:
+        elif self.queued or self.waiting is not None:
             rank = 3  # a complete request waiting for its answer
         elif self._outbox:
             rank = 2  # waiting for it to read a reply
@@ -269,7 +331,7 @@ class _Client:
     def still_idle(self) -> bool:
         """Idle even after reading what it may have sent since our last select(): a client
         that just sent its request is not evicted before we got to read it."""
-        if self.queued or self._outbox or self.closed:
+        if self.queued or self.waiting is not None or self._outbox or self.closed:
             return False
         self.server.run_guarded(self, self._read)
         return not (self.closed or self._has_line)
@@ -298,6 +360,11 @@ class _Client:
                 return
         elif data is not None:
             self._eof = True
+            if self.waiting is not None and _hung_up(self.conn):
+                self.close()  # gone, not just done sending: nobody will read the answer
+                return
+            # Only shut down writing: reads stop here (EOF stays readable), so if it hangs
+            # up later, that is seen when the answer is sent, by the deadline at the latest.
         self._advance()
 
     def _discard(self) -> None:
@@ -321,17 +388,71 @@ class _Client:
 
     def answer_one(self) -> None:
         """Answer the first waiting request; called in turn by the server."""
-        if self.closed or self.draining or self._outbox or not self._has_line:
+        if self.closed or self.draining or self._outbox or self.waiting is not None or not self._has_line:
             return
         end = self._inbox.index(b"\n")
         line = bytes(self._inbox[:end])
         del self._inbox[:end + 1]
         self._has_line = b"\n" in self._inbox
-        self._outbox += _encode(self._answer(line))
-        self._last_sent = time.monotonic()
+        reply = self._answer(line)
+        if isinstance(reply, Deferred):
+            self._wait_for(reply)
+        else:
+            self._send(reply)
+
+    def _send(self, reply: dict) -> None:
+        self._outbox += _encode(reply)
+        self._last_progress = self._last_sent = time.monotonic()
         self._flush()
 
-    def _answer(self, line: bytes) -> dict:
+    # ----- deferred replies -------------------------------------------------
+
+    def _wait_for(self, deferred: Deferred) -> None:
+        """Keep the request in flight until `deferred` is resolved or its deadline passes.
+        Meanwhile the socket is still read, so a client that hangs up is noticed."""
+        self.waiting = deferred
+        self._deadline = self.server.loop.call_later(deferred.timeout, self.server.guarded(self, self._expire))
+        deferred.attach(self._on_resolved)  # may answer at once: the handler knew already
+        self._advance()
+
+    def _on_resolved(self, reply: dict) -> None:
+        # Called from whoever resolved it (the root, on a node event): a bug here must
+        # drop this client, never reach the caller.
+        self.server.run_guarded(self, partial(self._send_deferred, reply))
+
+    def _send_deferred(self, reply: dict) -> None:
+        if self.closed or self.waiting is None:
+            return
+        self._end_wait()
+        self._send(reply)
+
+    def _expire(self) -> None:
+        """The deadline passed: answer with things as they are now."""
+        self._deadline = None
+        deferred = self.waiting
+        if deferred is None or deferred.done:
+            return
+        try:
+            reply = dict(deferred.expire())
+        except Exception as error:  # a bug in the handler's expiry: still an answer
+            reply = {"ok": False, "error": f"internal error while waiting: {error!r}"}
+        reply["timed_out"] = True
+        deferred.resolve(reply)
+
+    def _end_wait(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        self.waiting = None
+
+    def _cancel_wait(self) -> None:
+        """Nobody will read the answer: forget the wait, and tell its owner."""
+        deferred = self.waiting
+        if deferred is not None:
+            self._end_wait()
+            deferred.abandon()
+
+    def _answer(self, line: bytes):
         try:
             request = json.loads(line)
         except RecursionError:
@@ -367,11 +488,13 @@ class _Client:
         if self.draining:
             reading = not self._eof
         else:
+            # While a reply is deferred this still reads: that is how a hang-up is seen.
             reading = not (self._eof or self._outbox or self._has_line)
         self._watch(reading, writing=bool(self._outbox))
-        if self._eof and not self._outbox and (self.draining or not self._has_line):
+        busy = self._outbox or self.waiting is not None
+        if self._eof and not busy and (self.draining or not self._has_line):
             self.close()
-        elif self._has_line and not self._outbox and not self.draining:
+        elif self._has_line and not busy and not self.draining:
             self.server.queue(self)
 
     def _watch(self, reading: bool, writing: bool) -> None:
@@ -390,6 +513,8 @@ class _Client:
 
     def check(self, now: float) -> None:
         """The server's periodic look: drop this client if idle, refuse it if stalled."""
+        if self.waiting is not None:
+            return  # we owe it an answer: not idle, and its deadline bounds the wait
         if now - self._last_progress >= IDLE_TIMEOUT:
             if self.draining:
                 self.close()
@@ -406,6 +531,7 @@ class _Client:
     def _refuse(self, reason: str, detail: str, error: Optional[str] = None) -> None:
         """Answer this client no more: send `error` if given, drain its input, then close."""
         self.server.refused(reason, detail)
+        self._cancel_wait()
         self.draining = True
         self._inbox = bytearray()
         self._has_line = False
@@ -416,17 +542,24 @@ class _Client:
     def drop(self, reason: str, detail: str, error: Optional[str] = None) -> None:
         """Close now, counted under `reason`; `error` is sent if it fits without waiting."""
         self.server.refused(reason, detail)
-        if error is not None and not self._outbox and not self.closed:
-            try:
-                self.conn.send(_encode({"ok": False, "error": error}), socket.MSG_NOSIGNAL | socket.MSG_DONTWAIT)
-            except OSError:
-                pass
+        if error is not None:
+            self.send_last_word({"ok": False, "error": error})
         self.close()
+
+    def send_last_word(self, reply: dict) -> None:
+        """Send `reply` if it fits without waiting (and no other reply is half sent)."""
+        if self._outbox or self.closed:
+            return
+        try:
+            self.conn.send(_encode(reply), socket.MSG_NOSIGNAL | socket.MSG_DONTWAIT)
+        except OSError:
+            pass
 
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
+        self._cancel_wait()
         # Unwatch before closing: a new client may get the same fd number at once.
         self._watch(reading=False, writing=False)
         try:
@@ -460,6 +593,14 @@ def _encode(response: dict) -> bytes:
         return json.dumps(response).encode() + b"\n"
     except Exception as error:  # a handler returned something JSON cannot say
         return json.dumps({"ok": False, "error": f"internal error: unencodable reply: {error!r}"}).encode() + b"\n"
+
+
+def _hung_up(conn: socket.socket) -> bool:
+    """The peer closed its socket, not just its sending side (a client may shut down
+    writing after its request and still read the reply)."""
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLIN)
+    return any(events & (select.POLLHUP | select.POLLERR) for _, events in poller.poll(0))
 
 
 def _unread_bytes(conn: socket.socket) -> int:

@@ -47,9 +47,6 @@ class OrphanRepair:
         self._loop.call_later(ORPHAN_CHECK_INTERVAL, self._periodic_children)
         self._loop.call_later(LEFTOVER_SCAN_INTERVAL, self._periodic_leftovers)
 
-    def stop(self) -> None:
-        self._stopped = True
-
     # ----- orphans reparented to us -------------------------------------------
 
     def _on_sigchld(self) -> None:

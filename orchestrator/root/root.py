@@ -4,11 +4,13 @@ from __future__ import annotations
 import os
 import signal
 import time
-from typing import Dict, Optional, Set
+from collections import Counter
+from typing import Dict, Optional, Set, Union
 
 import attrs
 
 from orchestrator.root import livetree
+from orchestrator.root import settle
 from orchestrator.engine import osproc
 from orchestrator.spec import source
 from orchestrator.engine import spawn
@@ -16,7 +18,7 @@ from orchestrator.engine import sweep
 from orchestrator.engine import titles
 from orchestrator.root import view
 from orchestrator.root.control import RunDir
-from orchestrator.root.ctlserver import ControlServer
+from orchestrator.root.ctlserver import ControlServer, Deferred
 from orchestrator.errors import EXIT_FAILURE, InvalidInput, Problem
 from orchestrator.engine.loop import Loop
 from orchestrator.engine.output import log
@@ -27,7 +29,7 @@ from orchestrator.engine.supervisor import Supervisor
 from orchestrator.spec.validate import load_tree
 
 LIVE_STATES = ("starting", "running", "stopping")
-COMMANDS = ("ping", "tree", "down", "diff", "reload", "restart", "stop", "start")
+COMMANDS = ("ping", "tree", "wait", "down", "diff", "reload", "restart", "stop", "start")
 NODE_COMMANDS = ("restart", "stop", "start")
 
 
@@ -65,6 +67,9 @@ class Root:
         self.generation = 0  # of the last spec handed down; `applied` once all of it is done
         self.applied_generation = 0
         self.supervisor.on_hangup = self._reload_from_file
+        self.waits = settle.Waits(self.loop, self.rows)  # deferred replies, answered once settled
+        # Requests answered, by command (others under "other": clients choose no keys), for `ping`.
+        self.requests: Counter = Counter()
 
     def _known_children(self) -> Set[int]:
         """Our own children: node processes and multiprocessing's resource tracker."""
@@ -121,6 +126,7 @@ class Root:
                             "failures": failures}
         if state not in LIVE_STATES and path in self._supervisor_paths:
             self._forget_subtree(path)
+        self.waits.changed()
 
     def _forget_subtree(self, path: str) -> None:
         """A supervisor that is gone took its subtree with it (parent-death signals).
@@ -149,6 +155,7 @@ class Root:
     def applied(self, path: str, generation: int) -> None:
         if not path:
             self.applied_generation = max(self.applied_generation, generation)
+            self.waits.changed()
 
     def forward(self, message: tuple) -> None:
         if message[0] == "node":
@@ -156,15 +163,25 @@ class Root:
 
     # ----- control requests -----------------------------------------------
 
-    def handle(self, request: dict) -> dict:
+    def handle(self, request: dict) -> Union[dict, Deferred]:
         command = request["cmd"]
+        self.requests[command if command in COMMANDS else "other"] += 1
+        reply = self._dispatch(command, request)
+        if command == "reload" or command in NODE_COMMANDS:
+            self.waits.changed()  # a new hold ends the waits of restarts and starts below it
+        return reply
+
+    def _dispatch(self, command: str, request: dict) -> Union[dict, Deferred]:
         if command == "ping":
             return {"ok": True, "tree": self.tree.name, "pid": os.getpid(), "file": self.tree.file,
                     "stop_budget": self.tree.root.stop_budget(), "generation": self.generation,
                     "applied": self.applied_generation,
-                    "refused": self._server.stats() if self._server else {}}
+                    "refused": self._server.stats() if self._server else {},
+                    "requests": dict(self.requests), "waiting": len(self.waits)}
         if command == "tree":
             return {"ok": True, "tree": self.tree.name, "file": self.tree.file, "nodes": self.rows()}
+        if command == "wait":
+            return self.waits.add(settle.SettleWait(self, settle.wait_timeout(self, request)))
         if command == "down":
             pids = self._down_pids()
             already = self.supervisor.stopping
@@ -172,9 +189,11 @@ class Root:
             return {"ok": True, "pid": os.getpid(), "pids": pids, "already_stopping": already,
                     "stop_budget": self.tree.root.stop_budget()}
         if command in ("diff", "reload"):
-            return self._diff_or_reload(request, apply=command == "reload")
+            reply = self._diff_or_reload(request, apply=command == "reload")
+            return self._reload_wait(request, reply) if command == "reload" and _waits(request) else reply
         if command in NODE_COMMANDS:
-            return self._node_command(command, request.get("path"))
+            reply = self._node_command(command, request.get("path"))
+            return self._node_wait(request, reply) if _waits(request) else reply
         return {"ok": False, "error": f"unknown command {command!r}; known: {', '.join(COMMANDS)}"}
 
     def _down(self, kill: bool) -> None:
@@ -238,6 +257,21 @@ class Root:
         self.generation += 1
         self.supervisor.command(("apply", effective.root, TreeContext.of(effective), self.generation))
 
+    def _reload_wait(self, request: dict, reply: dict) -> Union[dict, Deferred]:
+        """A reload with `"wait": true`: answered with the plan and the verdict once settled."""
+        if not reply["ok"]:
+            return reply
+        changed = {change["path"] for change in reply["changes"] if change["op"] in ("add", "restart")}
+        timeout = settle.wait_timeout(self, request, extra=settle.RELOAD_GRACE)
+        return self.waits.add(settle.ReloadWait(self, timeout, self.loop, reply, changed))
+
+    def _node_wait(self, request: dict, reply: dict) -> Union[dict, Deferred]:
+        """restart/stop/start with `"wait": true`: answered once the node got where it was sent."""
+        if not reply["ok"]:
+            return reply
+        wait = settle.NodeWait(self, settle.wait_timeout(self, request), request["cmd"], reply["path"], reply["pid"])
+        return self.waits.add(wait)
+
     def _reload_from_file(self) -> None:
         reply = self._diff_or_reload({}, apply=True)
         if not reply["ok"]:
@@ -281,6 +315,10 @@ class Root:
         live = livetree.snapshot(os.getpid())
         return view.build_rows(self.tree.with_holds(self.held), self.table, live, os.getpid(), state, self.started_at,
                                self.orphans.drifting())
+
+
+def _waits(request: dict) -> bool:
+    return request.get("wait") is True
 
 
 def _usage(message: str) -> dict:

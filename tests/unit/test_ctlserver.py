@@ -1,6 +1,6 @@
 """The control server in this process, on a real loop and real sockets: the limits whose
 constants a running root cannot have patched (idle timeout, cap, stall), handler and
-callback bugs, accept() failing, and the round-robin's time budget."""
+callback bugs, accept() failing, the round-robin's time budget, and deferred replies."""
 import errno
 import json
 import select
@@ -11,7 +11,7 @@ import pytest
 
 from orchestrator.root import ctlserver
 from orchestrator.root.control import MAX_REQUEST
-from orchestrator.root.ctlserver import ControlServer
+from orchestrator.root.ctlserver import ControlServer, Deferred
 from orchestrator.engine.loop import Loop
 
 WORK = 0.005  # what a `slow` request costs, standing for a `tree` request's psutil scan
@@ -22,6 +22,8 @@ class Harness:
         self.path = str(tmp_path / "control.sock")
         self.loop = Loop()
         self.calls = []  # (client tag, time) of each request handled
+        self.deferred = []  # Deferred replies handed out by `later`, in order
+        self.cancelled = []  # tags of `later` requests whose client went away
         self.server = ControlServer(self.loop, tmp_path / "control.sock", self.handle)
         self.sockets = []
 
@@ -34,7 +36,19 @@ class Harness:
             return {"ok": True, "value": object()}
         if command == "slow":
             time.sleep(WORK)  # the work itself, not synchronisation
+        if command == "later":
+            return self.later(request)
         return {"ok": True, "cmd": command}
+
+    def later(self, request: dict) -> Deferred:
+        """A reply given when the test resolves it, or at its `timeout`."""
+        tag = request.get("tag")
+        deferred = Deferred(request.get("timeout", 30.0), expire=lambda: {"ok": True, "state": "as it is"},
+                            cancel=lambda: self.cancelled.append(tag))
+        if request.get("known"):
+            deferred.resolve({"ok": True, "known": True})  # the handler knew at once
+        self.deferred.append(deferred)
+        return deferred
 
     def connect(self, payload: bytes = b"") -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -238,3 +252,93 @@ def test_a_client_that_does_not_read_costs_one_request_and_one_reply(harness, mo
         return harness.server.stats()["unread_replies"] == 1
     harness.run_until(pushed_until_blocked, message="the deaf client to be refused")
     assert sent >= len(request)
+
+
+# ----- deferred replies -------------------------------------------------------------
+
+
+def test_a_deferred_reply_is_sent_when_resolved_and_others_are_answered_meanwhile(harness):
+    waiting = harness.connect(b'{"cmd": "later"}\n{"cmd": "ping"}\n')
+    harness.run_until(lambda: harness.deferred, message="the deferred request")
+    other = harness.connect(b'{"cmd": "ping"}\n')
+    assert harness.replies(other, 1) == [{"ok": True, "cmd": "ping"}]
+    assert [tag for tag, _ in harness.calls] == [None, None], "the pipelined ping was answered before its turn"
+    harness.deferred[0].resolve({"ok": True, "settled": True})
+    assert harness.replies(waiting, 2) == [{"ok": True, "settled": True}, {"ok": True, "cmd": "ping"}]
+    assert not harness.cancelled
+
+
+def test_a_reply_known_at_once_is_sent_at_once(harness):
+    sock = harness.connect(b'{"cmd": "later", "known": true}\n')
+    assert harness.replies(sock, 1) == [{"ok": True, "known": True}]
+
+
+def test_a_deferred_reply_past_its_deadline_says_how_things_are(harness):
+    sock = harness.connect(b'{"cmd": "later", "timeout": 0.2}\n')
+    started = time.monotonic()
+    assert harness.replies(sock, 1) == [{"ok": True, "state": "as it is", "timed_out": True}]
+    assert time.monotonic() - started >= 0.2
+    harness.deferred[0].resolve({"ok": True, "too": "late"})  # the owner resolving it later is harmless
+    harness.run_for(0.05)
+    assert not harness.at_eof(sock) and not harness.cancelled
+
+
+def test_no_deadline_is_longer_than_the_cap(harness):
+    harness.connect(b'{"cmd": "later", "timeout": 1e9}\n')
+    harness.run_until(lambda: harness.deferred, message="the deferred request")
+    assert harness.deferred[0].timeout == ctlserver.MAX_DEFERRAL
+
+
+def test_a_waiting_client_is_not_idle(harness, monkeypatch):
+    monkeypatch.setattr(ctlserver, "IDLE_TIMEOUT", 0.1)
+    monkeypatch.setattr(ctlserver, "SWEEP_INTERVAL", 0.02)
+    sock = harness.connect(b'{"cmd": "later"}\n')
+    harness.run_for(0.4)
+    assert harness.server.stats()["idle"] == 0 and not harness.at_eof(sock)
+    harness.deferred[0].resolve({"ok": True})
+    assert harness.replies(sock, 1) == [{"ok": True}]
+
+
+def test_a_client_that_hangs_up_while_waiting_is_forgotten(harness):
+    gone = harness.connect(b'{"cmd": "later", "tag": 1}\n')
+    harness.run_until(lambda: harness.deferred, message="the deferred request")
+    gone.close()
+    harness.run_until(lambda: harness.cancelled == [1], message="the wait to be cancelled")
+    assert harness.server._clients == {}
+    harness.deferred[0].resolve({"ok": True})  # resolved after all: nobody to send it to, no error
+    assert harness.server.stats()["internal_error"] == 0
+
+
+def test_a_client_that_only_shut_down_writing_still_gets_its_answer(harness):
+    sock = harness.connect(b'{"cmd": "later"}\n')
+    sock.shutdown(socket.SHUT_WR)
+    harness.run_until(lambda: harness.deferred, message="the deferred request")
+    harness.run_for(0.05)
+    assert not harness.cancelled
+    harness.deferred[0].resolve({"ok": True, "late": True})
+    assert harness.replies(sock, 1) == [{"ok": True, "late": True}]
+    harness.run_until(lambda: harness.server._clients == {}, message="the finished client to be closed")
+
+
+def test_waiting_clients_count_against_the_cap(harness, monkeypatch):
+    """So MAX_CLIENTS bounds the waiting requests too; a newcomer still gets in."""
+    monkeypatch.setattr(ctlserver, "MAX_CLIENTS", 2)
+    waiting = [harness.connect(b'{"cmd": "later", "tag": %d}\n' % tag) for tag in range(2)]
+    harness.run_until(lambda: len(harness.deferred) == 2, message="two waiting requests")
+    newcomer = harness.connect(b'{"cmd": "ping"}\n')
+    assert harness.replies(newcomer, 1) == [{"ok": True, "cmd": "ping"}]
+    assert harness.cancelled == [0], "the oldest waiting client was not the one to make room"
+    [reply] = harness.replies(waiting[0], 1)
+    assert "waited for its answer the longest" in reply["error"], reply
+    harness.deferred[1].resolve({"ok": True})
+    assert harness.replies(waiting[1], 1) == [{"ok": True}]
+
+
+def test_closing_the_server_tells_waiting_clients(harness):
+    sock = harness.connect(b'{"cmd": "later", "tag": 7}\n')
+    harness.run_until(lambda: harness.deferred, message="the deferred request")
+    harness.server.close()
+    sock.setblocking(True)
+    reply = json.loads(sock.makefile("rb").readline())
+    assert reply == {"ok": False, "error": "the tree stopped before this request was answered"}
+    assert harness.cancelled == [7]

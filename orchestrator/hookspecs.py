@@ -1,6 +1,6 @@
 """The plugin API: markers and the documented hooks a plugin may implement.
 
-This module is the reference for plugin authors; `tests/unit/test_hookspecs.py`
+This module is the reference for plugin authors; `tests/unit/test_public_api.py`
 fails when a hook lacks a docstring.
 """
 from __future__ import annotations

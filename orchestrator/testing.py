@@ -136,6 +136,16 @@ class RunningTree:
             return nodes if all(_mirrors_spec(n, nodes) for n in nodes) else None
         return self.wait_for(all_running, timeout, "every node running with the right ppid")
 
+    def stop(self, timeout: float = DEFAULT_TIMEOUT) -> int:
+        """SIGTERM `orch up`, as a service manager would, and reap it; its exit code (0 when
+        the stop went as asked, even if a worker had to be SIGKILLed after its stop_timeout).
+
+        By the time it returns every worker has exited (its SIGTERM handler, if any, has
+        run), and nothing is left for the fixture to kill.
+        """
+        os.kill(self.pid, signal.SIGTERM)
+        return self.wait_exit(timeout)
+
     def wait_exit(self, timeout: float = DEFAULT_TIMEOUT) -> int:
         try:
             return self.process.wait(timeout)

@@ -1,40 +1,21 @@
 """The benchmark harness still runs end to end (a smoke run, no timing asserted), so it cannot rot."""
 import json
 import os
-import signal
 import subprocess
 import sys
 import uuid
 from pathlib import Path
 
-import psutil
 import pytest
+
+from tests.helpers import kill_by_pid, marked
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 FIGURES = ["bringup_s", "restart_p50_s", "restart_p95_s", "restart_max_s", "restart_kills", "storm_s", "idle_cpu_pct",
            "manager_rss_mib", "managers_rss_mib", "tree_uss_mib", "leaf_uss_mib", "teardown_s", "orphans"]
 
 
-def _marked(mark: str):
-    """Processes started by this run, found by the marker in their environment."""
-    for proc in psutil.process_iter():
-        try:
-            if proc.pid != os.getpid() and proc.environ().get("ORCH_BENCH_MARK") == mark:
-                yield proc
-        except psutil.Error:
-            continue
-
-
-def _kill_marked(mark: str) -> None:
-    procs = list(_marked(mark))
-    for proc in procs:
-        try:
-            proc.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(procs, timeout=5)
-
-
+@pytest.mark.slow
 @pytest.mark.timeout(90)
 def test_quick_bench_run_writes_every_figure(tmp_path):
     mark = uuid.uuid4().hex
@@ -44,7 +25,7 @@ def test_quick_bench_run_writes_every_figure(tmp_path):
     try:
         result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=80)
     finally:
-        _kill_marked(mark)
+        kill_by_pid(marked("ORCH_BENCH_MARK", mark))  # whatever the harness left, wherever it went
     assert result.returncode == 0, result.stdout + result.stderr
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["skipped"] == [], results["skipped"]

@@ -4,7 +4,6 @@ import re
 import signal
 import stat
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -13,33 +12,15 @@ import pytest
 
 from orchestrator.root import control
 from orchestrator.testing import gone, json_tree, run_orch, wait_for
+from tests.helpers import ORCH_ARGV, PLUGIN, kill_by_pid, small_tree, socket_path, spec_pids
 
-PLUGIN = Path(__file__).parent.parent / "plugins" / "testworkers.py"
 REPO = Path(__file__).parent.parent.parent
 NODE_KEYS = {"path", "name", "kind", "pid", "ppid", "state", "restarts", "daemon"}
 
 
-def tree_text(name: str, daemon: bool = False, start_method: str = "fork") -> str:
-    """A two-level tree: root -> a (worker), sup (supervisor) -> b (worker)."""
-    return textwrap.dedent(f'''
-        name = "{name}"
-        start_method = "{start_method}"
-        plugins = ["{PLUGIN}"]
-        [[children]]
-        name = "a"
-        worker = "t.sleep"
-        daemon = {"true" if daemon else "false"}
-        [[children]]
-        name = "sup"
-          [[children.children]]
-          name = "b"
-          worker = "t.sleep"
-    ''')
-
-
 def write_tree(tmp_path: Path, name: str, **kwargs) -> Path:
     file = tmp_path / f"{name}.toml"
-    file.write_text(tree_text(name, **kwargs))
+    file.write_text(small_tree(name, **kwargs))
     return file
 
 
@@ -57,35 +38,10 @@ def assert_mirrors_os(nodes):
             assert node["ppid"] == by_path[node["parent"]]["pid"], node
 
 
-def pids_of(nodes):
-    return {node["path"]: node["pid"] for node in nodes if node["kind"] != "helper"}
-
-
 def one_line(text: str) -> str:
     lines = text.strip().splitlines()
     assert len(lines) == 1, f"expected one line, got:\n{text}"
     return lines[0]
-
-
-def socket_path(env, name: str) -> Path:
-    return Path(env[control.ENV_RUN_DIR]) / name / control.SOCKET_NAME
-
-
-def exited(proc: psutil.Process) -> bool:
-    """Gone, or a zombie (a detached root's zombie waits for pid 1, which may be slow to reap)."""
-    try:
-        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def kill_all(procs) -> None:
-    for proc in procs:
-        try:
-            proc.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            pass
-    wait_for(lambda: all(exited(proc) for proc in procs), timeout=5, message="killed processes to exit")
 
 
 @pytest.fixture
@@ -108,21 +64,16 @@ def detached(orch_env):
                 roots.append(proc)
         except (ValueError, OSError, psutil.Error):
             continue
-    procs = []
-    for root in roots:
-        try:
-            if root.is_running():  # the same process, not a reused pid
-                procs += [root] + root.children(recursive=True)  # collect before killing the root
-        except psutil.NoSuchProcess:
-            continue
-    kill_all(procs)
+    # A detached root's zombie waits for pid 1, which may be slow to reap: exited enough.
+    survivors = kill_by_pid(root for root in roots if root.is_running())  # not a reused pid
+    assert survivors == [], f"still running 5 s after SIGKILL: {survivors}"
 
 
 # ----- up (foreground) and tree ---------------------------------------------------
 
 
 def test_tree_json_lists_every_node_with_os_pids(orch_tree, orch_env):
-    tree = orch_tree(tree_text("cli", daemon=True))
+    tree = orch_tree(small_tree("cli", daemon=True))
     nodes = json_tree(orch_env, "cli")
     assert [(n["path"], n["kind"]) for n in nodes if n["kind"] != "helper"] == [
         ("", "supervisor"), ("a", "worker"), ("sup", "supervisor"), ("sup/b", "worker")]
@@ -137,7 +88,7 @@ def test_tree_json_lists_every_node_with_os_pids(orch_tree, orch_env):
 
 
 def test_tree_text_shows_each_node_with_its_pid(orch_tree, orch_env):
-    orch_tree(tree_text("txt"))
+    orch_tree(small_tree("txt"))
     nodes = json_tree(orch_env, "txt")
     result = run_orch("tree", "txt", env=orch_env)
     assert result.returncode == 0, result.stderr
@@ -147,21 +98,21 @@ def test_tree_text_shows_each_node_with_its_pid(orch_tree, orch_env):
 
 
 def test_tree_without_name_shows_the_only_tree(orch_tree, orch_env):
-    tree = orch_tree(tree_text("only"))
+    tree = orch_tree(small_tree("only"))
     nodes = json_tree(orch_env)
     assert {n["tree"] for n in nodes} == {"only"}
-    assert pids_of(nodes) == tree.pids()
+    assert spec_pids(nodes) == tree.pids()
     text = run_orch("tree", env=orch_env)
     assert text.returncode == 0 and "tree only" in text.stdout
 
 
 def test_tree_without_name_shows_both_trees(orch_tree, orch_env):
-    first = orch_tree(tree_text("one"), filename="one.toml")
-    second = orch_tree(tree_text("two"), filename="two.toml")
+    first = orch_tree(small_tree("one"), filename="one.toml")
+    second = orch_tree(small_tree("two"), filename="two.toml")
     nodes = json_tree(orch_env)
     for tree in (first, second):
         mine = [n for n in nodes if n["tree"] == tree.name]
-        assert pids_of(mine) == tree.pids()
+        assert spec_pids(mine) == tree.pids()
     text = run_orch("tree", env=orch_env)
     assert text.returncode == 0
     assert "tree one" in text.stdout and "tree two" in text.stdout
@@ -186,7 +137,7 @@ def test_detach_returns_when_every_node_runs_and_down_leaves_nothing(tmp_path, o
     assert result.returncode == 0, result.stderr
     root_pid = int(result.stdout.strip())
     nodes = json_tree(orch_env, "det")  # at once: no waiting after `up --detach` returned
-    assert pids_of(nodes)[""] == root_pid
+    assert spec_pids(nodes)[""] == root_pid
     assert_mirrors_os(nodes)
     seen = [n["pid"] for n in nodes]  # with spawn, multiprocessing's resource tracker too
     assert (start_method == "spawn") == any(n["kind"] == "helper" for n in nodes)
@@ -202,7 +153,7 @@ def test_detach_returns_when_every_node_runs_and_down_leaves_nothing(tmp_path, o
 
 def test_detach_of_an_invalid_tree_fails_and_starts_nothing(tmp_path, orch_env, detached):
     file = tmp_path / "bad.toml"
-    file.write_text(tree_text("bad").replace('worker = "t.sleep"', 'worker = "t.nope"', 1))
+    file.write_text(small_tree("bad").replace('worker = "t.sleep"', 'worker = "t.nope"', 1))
     result = detached(file)
     assert result.returncode == 2
     assert "unknown worker 't.nope'" in result.stderr
@@ -218,8 +169,8 @@ def test_down_without_name_stops_the_only_tree(tmp_path, orch_env, detached):
 
 
 def test_down_without_name_refuses_when_several_run(orch_tree, orch_env):
-    first = orch_tree(tree_text("left"), filename="left.toml")
-    second = orch_tree(tree_text("right"), filename="right.toml")
+    first = orch_tree(small_tree("left"), filename="left.toml")
+    second = orch_tree(small_tree("right"), filename="right.toml")
     before = (first.pids(), second.pids())
     result = run_orch("down", env=orch_env)
     assert result.returncode == 2
@@ -239,9 +190,9 @@ def test_down_with_nothing_running_exits_1(orch_env):
 def test_down_returns_while_the_root_awaits_reaping_by_its_parent(orch_tree, orch_env):
     """A foreground root's parent (a shell, a script, this test) reaps it only when it gets to it:
     `orch down` must count an exited-but-unreaped root as gone, not wait out the stop budget."""
-    tree = orch_tree(tree_text("fg"))
+    tree = orch_tree(small_tree("fg"))
     seen = list(tree.pids().values())
-    down = subprocess.Popen([sys.executable, "-m", "orchestrator", "down", "fg"], env=orch_env,
+    down = subprocess.Popen([*ORCH_ARGV, "down", "fg"], env=orch_env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         # Never poll tree.process here: that would reap the root and hide the bug.
@@ -257,7 +208,7 @@ def test_down_returns_while_the_root_awaits_reaping_by_its_parent(orch_tree, orc
 
 @pytest.mark.parametrize("detach", [False, True], ids=["foreground", "detach"])
 def test_second_up_of_the_same_name_refuses(orch_tree, orch_env, detach):
-    tree = orch_tree(tree_text("twice"))
+    tree = orch_tree(small_tree("twice"))
     before = tree.pids()
     args = ["up", str(tree.file)] + (["--detach"] if detach else [])
     result = run_orch(*args, env=orch_env, timeout=30)
@@ -281,7 +232,7 @@ def kill_root_leaving_stale_socket(tree):
 
 
 def test_stale_socket_is_reported_as_not_running(orch_tree, orch_env):
-    tree = orch_tree(tree_text("stale"))
+    tree = orch_tree(small_tree("stale"))
     kill_root_leaving_stale_socket(tree)
     result = run_orch("tree", "stale", env=orch_env)
     assert result.returncode == 1
@@ -291,9 +242,9 @@ def test_stale_socket_is_reported_as_not_running(orch_tree, orch_env):
 
 
 def test_stale_socket_does_not_block_a_new_up(orch_tree, orch_env):
-    tree = orch_tree(tree_text("again"), filename="again.toml")
+    tree = orch_tree(small_tree("again"), filename="again.toml")
     kill_root_leaving_stale_socket(tree)
-    again = orch_tree(tree_text("again"), filename="again.toml")
+    again = orch_tree(small_tree("again"), filename="again.toml")
     assert again.pid != tree.pid
     assert_mirrors_os(json_tree(orch_env, "again"))
 
@@ -304,7 +255,7 @@ def test_stale_socket_does_not_block_a_new_up(orch_tree, orch_env):
 def test_run_dir_is_private_even_with_a_permissive_umask(orch_tree, orch_env):
     old = os.umask(0)  # inherited by the root: the modes must not depend on it
     try:
-        tree = orch_tree(tree_text("private"))
+        tree = orch_tree(small_tree("private"))
     finally:
         os.umask(old)
     directory = Path(orch_env[control.ENV_RUN_DIR]) / "private"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import random
 import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -14,11 +13,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from orchestrator.root import control
 from orchestrator.engine import titles
 from orchestrator.testing import wait_for
+from tests.helpers import ORCH_ARGV, control_request, tree_text
 
-PLUGIN = Path(__file__).resolve().parent.parent / "plugins" / "testworkers.py"
 CHAOS_SECONDS = 8.0
 IN_FLIGHT = 4
 NODES = ("top", "s", "s/slow", "s/x", "s/y")
@@ -27,7 +25,7 @@ SLOW_ROUND = 3.0
 
 
 def race_tree(version: int, slow_stop: float = 0.5) -> str:
-    return f'name = "race"\nplugins = ["{PLUGIN}"]\n' + textwrap.dedent(f'''
+    return tree_text("race", f'''
         [[children]]
         name = "top"
         worker = "t.say"
@@ -84,7 +82,10 @@ def orch_command(tree, rng: random.Random, version: list) -> list:
     kind = rng.choices(["restart", "reload", "stop", "start"], weights=[8, 5, 3, 4])[0]
     if kind == "reload":
         version[0] = 3 - version[0]
-        tree.file.write_text(race_tree(version[0], slow_stop=1.5))
+        # Atomically: a reload started a moment ago may be reading the file right now.
+        edited = tree.file.with_suffix(".new")
+        edited.write_text(race_tree(version[0], slow_stop=1.5))
+        os.replace(edited, tree.file)
         return ["reload", str(tree.file)]
     return [kind, rng.choices(NODES, weights=[2, 1, 4, 4, 1])[0]]
 
@@ -102,7 +103,7 @@ def test_random_interleaving_never_gives_a_node_two_processes(orch_tree):
     while time.monotonic() < deadline or running:
         if time.monotonic() < deadline and len(running) < IN_FLIGHT:
             args = orch_command(tree, rng, version)
-            running.append((args, subprocess.Popen([sys.executable, "-m", "orchestrator", *args], env=tree.env,
+            running.append((args, subprocess.Popen([*ORCH_ARGV, *args], env=tree.env,
                                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)))
         for path, pids in claims(root_pid).items():
             if len(pids) > 1:
@@ -152,7 +153,7 @@ def graceful_tree(tmp_path: Path) -> str:
         def orch_workers():
             return {"t.linger": linger}
     '''))
-    return f'name = "grace"\nplugins = ["{slow_exit}"]\n' + textwrap.dedent(f'''
+    return tree_text("grace", f'''
         [[children]]
         name = "sup"
           [[children.children]]
@@ -160,13 +161,13 @@ def graceful_tree(tmp_path: Path) -> str:
           worker = "t.linger"
           args = {{ log = "{tmp_path / 'records.log'}" }}
           stop_timeout = 10
-    ''')
+    ''', plugins=[slow_exit])
 
 
 @pytest.mark.timeout(40)
 def test_a_second_down_waits_for_the_graceful_stop(orch_tree, tmp_path):
     tree = orch_tree(graceful_tree(tmp_path))
-    first = subprocess.Popen([sys.executable, "-m", "orchestrator", "down", "grace"], env=tree.env,
+    first = subprocess.Popen([*ORCH_ARGV, "down", "grace"], env=tree.env,
                              stderr=subprocess.PIPE, text=True)
     wait_for(lambda: tree.node("sup/w")["state"] == "stopping", message="the graceful stop under way")
     second = tree.orch("down", "grace")
@@ -180,7 +181,7 @@ def test_a_second_down_waits_for_the_graceful_stop(orch_tree, tmp_path):
 @pytest.mark.timeout(40)
 def test_down_kill_during_a_graceful_stop_kills_at_once(orch_tree, tmp_path):
     tree = orch_tree(graceful_tree(tmp_path))
-    first = subprocess.Popen([sys.executable, "-m", "orchestrator", "down", "grace"], env=tree.env,
+    first = subprocess.Popen([*ORCH_ARGV, "down", "grace"], env=tree.env,
                              stderr=subprocess.PIPE, text=True)
     wait_for(lambda: tree.node("sup/w")["state"] == "stopping", message="the graceful stop under way")
     started = time.monotonic()
@@ -194,7 +195,7 @@ def test_down_kill_during_a_graceful_stop_kills_at_once(orch_tree, tmp_path):
 # ----- commands that cannot apply to a held node ----------------------------------------------
 
 
-HELD_TREE = f'name = "held"\nplugins = ["{PLUGIN}"]\n' + textwrap.dedent('''
+HELD_TREE = tree_text("held", '''
     [[children]]
     name = "sup"
       [[children.children]]
@@ -239,10 +240,10 @@ def test_a_restart_queued_behind_a_reload_acts_on_the_reloaded_node(orch_tree, p
     tree = orch_tree(race_tree(1, SLOW_ROUND) if parent else root_race_tree(1, SLOW_ROUND))
     root_pid = tree.node("")["pid"]
     at = (lambda name: f"{parent}/{name}") if parent else (lambda name: name)
-    slow = subprocess.Popen([sys.executable, "-m", "orchestrator", "restart", at("slow")], env=tree.env)
+    slow = subprocess.Popen([*ORCH_ARGV, "restart", at("slow")], env=tree.env)
     wait_for(lambda: tree.node(at("slow"))["state"] == "stopping", message="the slow round under way")
     tree.file.write_text(race_tree(2, SLOW_ROUND) if parent else root_race_tree(2, SLOW_ROUND))
-    reload = subprocess.Popen([sys.executable, "-m", "orchestrator", "reload", str(tree.file)], env=tree.env)
+    reload = subprocess.Popen([*ORCH_ARGV, "reload", str(tree.file)], env=tree.env)
     # The reload is handed to the root (and queued behind the round) once `ping` counts it.
     wait_for(lambda: ping(tree)["generation"] >= 1, timeout=10, message="the reload handed to the root")
     restart = tree.orch("restart", at("x"))
@@ -253,15 +254,11 @@ def test_a_restart_queued_behind_a_reload_acts_on_the_reloaded_node(orch_tree, p
 
 
 def ping(tree) -> dict:
-    os.environ[control.ENV_RUN_DIR] = tree.env[control.ENV_RUN_DIR]
-    try:
-        return control.request(tree.name, {"cmd": "ping"})
-    finally:
-        os.environ.pop(control.ENV_RUN_DIR, None)
+    return control_request(tree.env, tree.name, {"cmd": "ping"})
 
 
 def root_race_tree(version: int, slow_stop: float = 3.0) -> str:
-    return f'name = "rootrace"\nplugins = ["{PLUGIN}"]\n' + textwrap.dedent(f'''
+    return tree_text("rootrace", f'''
         [[children]]
         name = "slow"
         worker = "t.ignore_term"

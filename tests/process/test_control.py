@@ -1,24 +1,11 @@
 """The control socket against a raw AF_UNIX client: bad requests get an error reply, the root carries on."""
 import json
 import socket
-from pathlib import Path
 
-from orchestrator.root import control
 from orchestrator.testing import json_tree, wait_for
+from tests.helpers import small_tree, socket_path, spec_pids
 
-PLUGIN = Path(__file__).parent.parent / "plugins" / "testworkers.py"
-TREE = f'''
-    name = "ctl"
-    plugins = ["{PLUGIN}"]
-    [[children]]
-    name = "a"
-    worker = "t.sleep"
-    [[children]]
-    name = "sup"
-      [[children.children]]
-      name = "b"
-      worker = "t.sleep"
-'''
+TREE = small_tree("ctl")
 ONE_MB = 1 << 20
 
 
@@ -26,7 +13,7 @@ def connect(env) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(5)
     try:
-        sock.connect(str(Path(env[control.ENV_RUN_DIR]) / "ctl" / control.SOCKET_NAME))
+        sock.connect(str(socket_path(env, "ctl")))
     except OSError:
         sock.close()
         raise
@@ -62,7 +49,7 @@ def assert_error_reply(replies, payload):
 
 
 def pids(env):
-    return {node["path"]: node["pid"] for node in json_tree(env, "ctl") if node["kind"] != "helper"}
+    return spec_pids(json_tree(env, "ctl"))
 
 
 BAD_REQUESTS = [

@@ -7,7 +7,6 @@ import resource
 import signal
 import socket
 import time
-from pathlib import Path
 
 import psutil
 import pytest
@@ -15,22 +14,11 @@ import pytest
 from orchestrator.root import control
 from orchestrator.root import ctlserver
 from orchestrator.testing import json_tree, run_orch, wait_for
+from tests.helpers import small_tree, socket_path, spec_pids
 
-PLUGIN = Path(__file__).resolve().parent.parent / "plugins" / "testworkers.py"
 # Unique to this session: a root evicts processes titled as its tree's nodes.
 NAME = f"abuse{os.getpid()}"
-TREE = f'''
-    name = "{NAME}"
-    plugins = ["{PLUGIN}"]
-    [[children]]
-    name = "a"
-    worker = "t.sleep"
-    [[children]]
-    name = "sup"
-      [[children.children]]
-      name = "b"
-      worker = "t.sleep"
-'''
+TREE = small_tree(NAME)
 MB = 1 << 20
 # What the root may grow by while abused: a few partial requests and replies, far
 # below what an unbounded inbox reached (hundreds of MB).
@@ -44,7 +32,7 @@ RESTART_BOUND = 2.0
 
 
 def sock_path(env) -> str:
-    return str(Path(env[control.ENV_RUN_DIR]) / NAME / control.SOCKET_NAME)
+    return str(socket_path(env, NAME))
 
 
 def connect(env, timeout: float = 5.0) -> socket.socket:
@@ -107,7 +95,7 @@ def ping(env) -> dict:
 
 
 def node_pids(env) -> dict:
-    return {node["path"]: node["pid"] for node in json_tree(env, NAME) if node["kind"] != "helper"}
+    return spec_pids(json_tree(env, NAME))
 
 
 def fd_count(proc: psutil.Process) -> int:

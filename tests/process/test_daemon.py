@@ -1,46 +1,12 @@
 """`daemon = true` nodes: they die with their parent, are killed without waiting, and may supervise."""
 import os
 import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import psutil
 import pytest
 
 from orchestrator.testing import descendants, gone, wait_for
-
-PLUGINS = Path(__file__).resolve().parent.parent / "plugins"
-WORKERS = [str(PLUGINS / "testworkers.py"), str(PLUGINS / "semantics_workers.py")]
-
-
-def down(tree, timeout: float = 40.0):
-    """`orch down NAME` while this test reaps the root, as an interactive shell would.
-
-    Returns (orch down's exit code, the root's exit code, seconds taken, down's stderr).
-    """
-    started = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "down", tree.name], env=tree.env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        root_code = tree.wait_exit(timeout)
-        _, err = proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    return proc.returncode, root_code, time.monotonic() - started, err
-
-
-def ignores_sigterm(pid: int) -> bool:
-    with open(f"/proc/{pid}/status") as status:
-        mask = next(line for line in status if line.startswith("SigIgn:")).split()[1]
-    return bool(int(mask, 16) & (1 << (signal.SIGTERM - 1)))
-
-
-def lines(log: Path) -> list:
-    return log.read_text().splitlines() if log.exists() else []
+from tests.helpers import WORKERS, down, ignores_sigterm, lines
 
 
 @pytest.mark.timeout(30)

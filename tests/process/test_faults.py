@@ -3,14 +3,12 @@ import os
 import random
 import signal
 import time
-from pathlib import Path
 
 import psutil
 import pytest
 
 from orchestrator.testing import descendants, gone, wait_for
-
-PLUGIN = Path(__file__).resolve().parent.parent / "plugins" / "testworkers.py"
+from tests.helpers import PLUGIN
 
 THREE_LEVELS = f'''
     name = "faults"
@@ -98,6 +96,7 @@ def test_sigkill_of_any_node_converges_and_leaves_nothing_stale(orch_tree, tmp_p
     assert stale == [], f"helpers outside the tree survived: {stale}"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(90)
 def test_chaos_random_kills_then_convergence(orch_tree, tmp_path):
     tree = start(orch_tree, tmp_path)

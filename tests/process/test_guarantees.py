@@ -10,7 +10,6 @@ import signal
 import socket
 import stat
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -22,8 +21,9 @@ import pytest
 
 from orchestrator.root import control
 from orchestrator.testing import RunningTree, descendants, gone, run_orch, wait_for
+from tests.helpers import (ORCH_ARGV, PLUGIN, control_request, ignores_sigterm, lines, matches_spec,
+                           small_tree, socket_path)
 
-PLUGIN = Path(__file__).resolve().parent.parent / "plugins" / "testworkers.py"
 PR_SET_CHILD_SUBREAPER = 36
 NOBODY = "nobody"
 # "No longer than one event-loop turn", with margin for a loaded 2-core box.
@@ -67,12 +67,6 @@ def subreaper():
                 continue
 
 
-def ignores_sigterm(pid: int) -> bool:
-    with open(f"/proc/{pid}/status") as status:
-        mask = next(line for line in status if line.startswith("SigIgn:")).split()[1]
-    return bool(int(mask, 16) & (1 << (signal.SIGTERM - 1)))
-
-
 def identities(pids):
     """pid -> create_time, for the pids that exist now (so a reused pid is never blamed)."""
     found = {}
@@ -91,14 +85,6 @@ def still_there(pid: int, created: float):
         return proc.status() if proc.create_time() == created else None
     except psutil.NoSuchProcess:
         return None
-
-
-def read_lines(path: Path):
-    return path.read_text().splitlines() if path.exists() else []
-
-
-def sock_path(env, name: str) -> Path:
-    return Path(env[control.ENV_RUN_DIR]) / name / control.SOCKET_NAME
 
 
 # ----- 1. every stop path: last records written, SIGKILL after stop_timeout, nothing left --
@@ -138,7 +124,7 @@ STUBBORN = {"stubborn": "sup", "sup/stubborn": "sup/forker"}
 def request_stop(tree, how: str):
     """Ask the tree to stop; returns the `orch down` process (or None for a signal)."""
     if how == "orch down":
-        return subprocess.Popen([sys.executable, "-m", "orchestrator", "down", tree.name], env=tree.env,
+        return subprocess.Popen([*ORCH_ARGV, "down", tree.name], env=tree.env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     os.kill(tree.pid, signal.SIGTERM if how == "SIGTERM" else signal.SIGINT)
     return None
@@ -169,12 +155,12 @@ def test_stop_leaves_no_process_no_zombie_and_no_socket(subreaper, orch_tree, or
     log, helpers = tmp_path / "log", tmp_path / "helpers"
     tree = orch_tree(STOP_TREE.replace("LOG", str(log)).replace("HELPERS", str(helpers)))
     pids = tree.pids()
-    wait_for(lambda: sorted(read_lines(log)) == ["start rec", "start sup/rec"]
-             and all(ignores_sigterm(pids[path]) for path in STUBBORN) and read_lines(helpers),
+    wait_for(lambda: sorted(lines(log)) == ["start rec", "start sup/rec"]
+             and all(ignores_sigterm(pids[path]) for path in STUBBORN) and lines(helpers),
              message="records started, stubborn workers ignoring SIGTERM, forker's helper up")
-    watched = identities({tree.pid, *pids.values(), *(int(p) for p in read_lines(helpers)),
+    watched = identities({tree.pid, *pids.values(), *(int(p) for p in lines(helpers)),
                           *(proc.pid for proc in descendants(tree.pid))})
-    assert sock_path(orch_env, tree.name).exists()
+    assert socket_path(orch_env, tree.name).exists()
 
     down = request_stop(tree, how)
     try:
@@ -189,7 +175,7 @@ def test_stop_leaves_no_process_no_zombie_and_no_socket(subreaper, orch_tree, or
     output = tree.read_output()
 
     # Graceful workers ran their SIGTERM handler and wrote their last record.
-    assert sorted(read_lines(log)) == ["start rec", "start sup/rec", "stop rec", "stop sup/rec"], output
+    assert sorted(lines(log)) == ["start rec", "start sup/rec", "stop rec", "stop sup/rec"], output
     # A worker ignoring SIGTERM is SIGKILLed after its stop_timeout: not before, not at the 5 s default.
     for path, before in STUBBORN.items():
         assert f"{path} did not stop within 0.5s; sending SIGKILL" in output, output
@@ -206,7 +192,7 @@ def test_stop_leaves_no_process_no_zombie_and_no_socket(subreaper, orch_tree, or
     adopted = [(proc.pid, proc.status()) for proc in psutil.Process().children()
                if proc.pid in watched]
     assert adopted == [], f"the root exited leaving these to its subreaper (us): {adopted}"
-    assert not sock_path(orch_env, tree.name).exists(), "control socket left behind"
+    assert not socket_path(orch_env, tree.name).exists(), "control socket left behind"
 
 
 # ----- 2. no zombie outlives one loop turn, during a burst of kills --------------------
@@ -330,15 +316,7 @@ class ZombieWatch:
         return slow
 
 
-def tree_matches_spec(tree):
-    nodes = {n["path"]: n for n in tree.nodes() if n["kind"] != "helper"}
-    for path, node in nodes.items():
-        if path and (node["state"] != "running" or node["pid"] is None
-                     or psutil.Process(node["pid"]).ppid() != nodes[node["parent"]]["pid"]):
-            return False
-    return nodes
-
-
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_no_process_of_the_tree_stays_a_zombie_during_a_kill_burst(orch_tree, tmp_path):
     tree = orch_tree(BURST_TREE.replace("HELPERS", str(tmp_path / "helpers")))
@@ -369,7 +347,7 @@ def test_no_process_of_the_tree_stays_a_zombie_during_a_kill_burst(orch_tree, tm
     # Keep watching while the tree repairs itself, and after.
     def repaired():
         watch.sample()
-        return tree_matches_spec(tree)
+        return matches_spec(tree)
     wait_for(repaired, timeout=10, message="the tree back to its spec after the burst")
     settle = time.monotonic() + 0.3
     while time.monotonic() < settle:
@@ -386,18 +364,7 @@ def test_no_process_of_the_tree_stays_a_zombie_during_a_kill_burst(orch_tree, tm
 # ----- 3. control socket: other users and garbage ------------------------------------
 
 
-SMALL_TREE = f'''
-    name = "ctl-{UNIQUE}"
-    plugins = ["{PLUGIN}"]
-    [[children]]
-    name = "a"
-    worker = "t.sleep"
-    [[children]]
-    name = "sup"
-      [[children.children]]
-      name = "b"
-      worker = "t.sleep"
-'''
+SMALL_TREE = small_tree(f"ctl-{UNIQUE}")
 
 
 def in_child(function, uid=None, gid=None) -> dict:
@@ -476,7 +443,7 @@ def test_another_user_cannot_connect_to_the_control_socket(world_traversable_run
     uid, gid = nobody_ids()
     tree = orch_tree(SMALL_TREE)
     before = tree.pids()
-    path = sock_path(orch_env, tree.name)
+    path = socket_path(orch_env, tree.name)
     directory = path.parent
     assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
@@ -527,7 +494,7 @@ def send_garbage_and_vanish(env, seed: int) -> bool:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(5)
         try:
-            sock.connect(str(sock_path(env, f"ctl-{UNIQUE}")))
+            sock.connect(str(socket_path(env, f"ctl-{UNIQUE}")))
             break
         except (BlockingIOError, socket.timeout):
             sock.close()
@@ -602,24 +569,12 @@ def test_orch_tree_keeps_answering_while_200_clients_send_garbage(orch_tree, orc
 def test_one_client_with_64k_of_empty_lines_does_not_stall_the_root(orch_tree, orch_env):
     tree = orch_tree(SMALL_TREE)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.connect(str(sock_path(orch_env, tree.name)))
+        sock.connect(str(socket_path(orch_env, tree.name)))
         sock.sendall(b"\n" * (control.MAX_REQUEST - 1))  # 65,535 empty requests, none oversized
     started = time.monotonic()
     reply = control_request(orch_env, tree.name, {"cmd": "ping"}, timeout=3.0)
     assert reply["pid"] == tree.root_pid, reply
     assert time.monotonic() - started < 3.0
-
-
-def control_request(env, name, command, timeout):
-    old = os.environ.get(control.ENV_RUN_DIR)
-    os.environ[control.ENV_RUN_DIR] = env[control.ENV_RUN_DIR]
-    try:
-        return control.request(name, command, timeout=timeout)
-    finally:
-        if old is None:
-            os.environ.pop(control.ENV_RUN_DIR)
-        else:
-            os.environ[control.ENV_RUN_DIR] = old
 
 
 # ----- isolation: trees in separate run directories -------------------------------------
@@ -638,7 +593,7 @@ def stays_alive(pids, seconds: float):
 
 @pytest.mark.timeout(30)
 def test_a_same_named_tree_in_another_run_dir_leaves_ours_alone(orch_tree, orch_env, tmp_path):
-    ours = orch_tree(SMALL_TREE.replace(f"ctl-{UNIQUE}", f"twin-{UNIQUE}"))
+    ours = orch_tree(small_tree(f"twin-{UNIQUE}"))
     before = ours.pids()
     env = dict(orch_env)
     env[control.ENV_RUN_DIR] = str(tmp_path / "other-run")

@@ -3,7 +3,6 @@ blocks on them, never reads what is not a regular file, never dies of plugin cod
 never touches a directory outside its own run directory."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -17,15 +16,15 @@ import pytest
 
 from orchestrator.root import control
 from orchestrator.testing import run_orch, wait_for
-
-PLUGIN = Path(__file__).resolve().parent.parent / "plugins" / "testworkers.py"
+from tests import helpers
+from tests.helpers import ORCH_ARGV, PLUGIN, control_request
 
 pytestmark = pytest.mark.timeout(60)
 
 
 def tree_text(name: str = "host", plugins=(), extra: str = "") -> str:
-    refs = ", ".join(json.dumps(str(ref)) for ref in (PLUGIN, *plugins))
-    return f'name = "{name}"\nplugins = [{refs}]\n' + textwrap.dedent('''
+    """root -> a, sup (-> w); `plugins` after the test workers, on line 2; `extra` appended."""
+    return helpers.tree_text(name, '''
         [[children]]
         name = "a"
         worker = "t.sleep"
@@ -34,16 +33,12 @@ def tree_text(name: str = "host", plugins=(), extra: str = "") -> str:
           [[children.children]]
           name = "w"
           worker = "t.sleep"
-    ''') + textwrap.dedent(extra)
-
-
-def node_pids(tree) -> dict:
-    return {node["path"]: node["pid"] for node in tree.nodes() if node["kind"] != "helper"}
+    ''', (PLUGIN, *plugins)) + textwrap.dedent(extra)
 
 
 def assert_still_supervising(tree, before: dict) -> None:
     """The root answers, the tree is unchanged, and a SIGKILLed worker is replaced within 2 s."""
-    assert node_pids(tree) == before
+    assert tree.pids() == before
     victim = before["sup/w"]
     os.kill(victim, signal.SIGKILL)
 
@@ -63,33 +58,25 @@ def fifo(tmp_path):
     return path
 
 
-def raw_request(tree, command: dict, timeout: float = 5.0) -> dict:
-    os.environ[control.ENV_RUN_DIR] = tree.env[control.ENV_RUN_DIR]
-    try:
-        return control.request(tree.name, command, timeout=timeout)
-    finally:
-        os.environ.pop(control.ENV_RUN_DIR, None)
-
-
 @pytest.mark.parametrize("what", ["fifo", "own fd", "directory", "device", "socket", "file"])
 def test_a_request_naming_a_path_is_refused_without_opening_it(orch_tree, tmp_path, fifo, what):
     tree = orch_tree(tree_text())
-    before = node_pids(tree)
+    before = tree.pids()
     paths = {"fifo": fifo, "own fd": Path("/dev/fd/3"), "directory": tmp_path, "device": Path("/dev/zero"),
              "socket": tmp_path / "s.sock", "file": tree.file}
     if what == "socket":
         listener = socket.socket(socket.AF_UNIX)
         listener.bind(str(paths["socket"]))
     for command in ("diff", "reload"):
-        reply = raw_request(tree, {"cmd": command, "file": str(paths[what])})
+        reply = control_request(tree.env, tree.name, {"cmd": command, "file": str(paths[what])}, timeout=5.0)
         assert reply["ok"] is False and "does not open files for clients" in reply["error"], reply
     assert_still_supervising(tree, before)
 
 
 def test_diff_of_a_fifo_reads_it_in_the_client_and_the_root_never_waits(orch_tree, fifo):
     tree = orch_tree(tree_text())
-    before = node_pids(tree)
-    client = subprocess.Popen([*orch_argv(), "diff", str(fifo)], env=tree.env,
+    before = tree.pids()
+    client = subprocess.Popen([*ORCH_ARGV, "diff", str(fifo)], env=tree.env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         # The client blocks opening the FIFO (nobody writes yet); the root must not.
@@ -107,10 +94,10 @@ def test_diff_of_a_fifo_reads_it_in_the_client_and_the_root_never_waits(orch_tre
 
 def test_diff_of_a_process_substitution_reads_the_clients_fd(orch_tree):
     tree = orch_tree(tree_text())
-    before = node_pids(tree)
+    before = tree.pids()
     edited = tree.file.with_name("edited.toml")
     edited.write_text(tree_text(extra='[[children]]\nname = "b"\nworker = "t.sleep"\n'))
-    argv = " ".join(orch_argv())
+    argv = " ".join(ORCH_ARGV)
     result = subprocess.run(["bash", "-c", f"{argv} diff <(cat {edited})"], env=tree.env,
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
@@ -129,19 +116,13 @@ def test_special_files_give_a_located_error(orch_env, tmp_path, special):
 
 def test_sighup_with_the_file_replaced_by_a_fifo_refuses_and_carries_on(orch_tree):
     tree = orch_tree(tree_text())
-    before = node_pids(tree)
+    before = tree.pids()
     tree.file.unlink()
     os.mkfifo(tree.file)
     os.kill(before[""], signal.SIGHUP)
     tree.wait_for(lambda: "not a regular file" in tree.read_output(), message="the refusal logged")
     assert "reload on SIGHUP refused" in tree.read_output()
     assert_still_supervising(tree, before)
-
-
-def orch_argv():
-    import sys
-
-    return [sys.executable, "-m", "orchestrator"]
 
 
 # ----- plugins that raise anything at all --------------------------------------------
@@ -164,7 +145,7 @@ PLUGIN_BODIES = {
 @pytest.mark.parametrize("body", list(PLUGIN_BODIES))
 def test_a_plugin_that_raises_anything_is_refused_and_the_tree_is_untouched(orch_tree, tmp_path, body, how):
     tree = orch_tree(tree_text())
-    before = node_pids(tree)
+    before = tree.pids()
     bad = tmp_path / "badplugin.py"
     bad.write_text(PLUGIN_BODIES[body])
     tree.file.write_text(tree_text(plugins=[bad]))

@@ -7,42 +7,18 @@ stops the orchestrator causes itself never count.
 """
 import os
 import signal
-from pathlib import Path
 
 import psutil
 import pytest
 
 from orchestrator.root import control
 from orchestrator.testing import descendants, gone, wait_for
-
-PLUGINS = Path(__file__).resolve().parent.parent / "plugins"
-WORKERS = [str(PLUGINS / "testworkers.py"), str(PLUGINS / "semantics_workers.py")]
-
-
-def recorder(name: str, log: Path, label: str, table: str = "children") -> str:
-    return f'''
-        [[{table}]]
-        name = "{name}"
-        worker = "t.record"
-        restart = "always"
-        args = {{ log = "{log}", label = "{label}" }}
-    '''
-
-
-def lines(log: Path) -> list:
-    return log.read_text().splitlines() if log.exists() else []
+from tests.helpers import WORKERS, lines, marked, recorder
 
 
 def leftovers(tree) -> list:
     """Live processes (not zombies) that carry this tree's private run dir in their environment."""
-    run_dir = tree.env[control.ENV_RUN_DIR]
-    found = []
-    for proc in psutil.process_iter(["environ", "status"], ad_value=None):
-        env = proc.info["environ"] or {}
-        if proc.pid != os.getpid() and env.get(control.ENV_RUN_DIR) == run_dir \
-                and proc.info["status"] != psutil.STATUS_ZOMBIE:
-            found.append(proc)
-    return found
+    return list(marked(control.ENV_RUN_DIR, tree.env[control.ENV_RUN_DIR]))
 
 
 def assert_nothing_left(tree, pids) -> None:
@@ -68,12 +44,6 @@ def restarted(tree, path: str, old: int):
     return node if node["pid"] not in (None, old) else None
 
 
-def stop(tree) -> int:
-    """SIGTERM the root and reap it: a clean stop leaves the fixture nothing to kill."""
-    os.kill(tree.pid, signal.SIGTERM)
-    return tree.wait_exit()
-
-
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("strategy, victim", [("one_for_all", "b"), ("rest_for_one", "a")])
 def test_a_round_counts_as_one_restart(orch_tree, tmp_path, strategy, victim):
@@ -85,7 +55,7 @@ def test_a_round_counts_as_one_restart(orch_tree, tmp_path, strategy, victim):
         strategy = "{strategy}"
         max_restarts = 1
         within = 60
-    ''' + "".join(recorder(name, log, name) for name in "abc"))
+    ''' + "".join(recorder(name, log, restart="always") for name in "abc"))
     wait_for(lambda: len(lines(log)) == 3, message="a, b, c recorded their start")
     first = tree.pids()
 
@@ -124,7 +94,8 @@ def test_sub_supervisor_gives_up_and_its_parent_applies_its_restart_rule(orch_tr
         restart = "{restart}"
         max_restarts = 1
         within = 60
-    ''' + "".join(recorder(name, log, name, table="children.children") for name in "abc"))
+    ''' + "".join(recorder(name, log, table="children.children", restart="always")
+                 for name in "abc"))
     wait_for(lambda: len(lines(log)) == 3, message="a, b, c recorded their start")
     first = tree.pids()
 
@@ -154,7 +125,7 @@ def test_sub_supervisor_gives_up_and_its_parent_applies_its_restart_rule(orch_tr
             assert pids[f"sup/{name}"] not in (first[f"sup/{name}"], second["pid"])
             assert psutil.Process(pids[f"sup/{name}"]).ppid() == pids["sup"]
     assert tree.process.poll() is None, "the root had budget left"
-    assert stop(tree) == 0
+    assert tree.stop() == 0
 
 
 @pytest.mark.timeout(30)
@@ -220,7 +191,7 @@ def test_crash_looping_worker_makes_its_supervisor_give_up(orch_tree):
     assert "sup: giving up: sup/crasher exited with code 1; more than 3 restarts within 5s" in tree.read_output()
     assert tree.process.poll() is None
     assert [p.pid for p in psutil.Process(tree.root_pid).children()] == [tree.node("peer")["pid"]]
-    assert stop(tree) == 0
+    assert tree.stop() == 0
 
 
 @pytest.mark.timeout(30)
@@ -254,12 +225,13 @@ def test_shutdown_stops_never_count_as_restarts(orch_tree, tmp_path):
         name = "sup"
         strategy = "one_for_all"
         max_restarts = 0
-    ''' + recorder("x", log, "sup/x", "children.children") + recorder("y", log, "sup/y", "children.children")
-        + recorder("z", log, "z"))
+    ''' + recorder("x", log, "sup/x", "children.children", restart="always")
+        + recorder("y", log, "sup/y", "children.children", restart="always")
+        + recorder("z", log, restart="always"))
     wait_for(lambda: len(lines(log)) == 3, message="every worker recorded its start")
     pids = tree.pids()
 
-    assert stop(tree) == 0
+    assert tree.stop() == 0
 
     assert "giving up" not in tree.read_output()
     assert lines(log)[3:] == ["stop z", "stop sup/y", "stop sup/x"]

@@ -11,7 +11,6 @@ import os
 import pty
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -21,6 +20,8 @@ import pytest
 
 from orchestrator.engine import titles
 from orchestrator.testing import descendants, gone, json_tree, run_orch, wait_for
+from tests.helpers import ORCH_ARGV, kill_by_pid, lines
+from tests.helpers import marked as marked_processes
 
 MARK = "ORCH_TEST_NO_SURVIVORS"
 # Tree names unique to this session: a root evicts processes titled as its tree's nodes.
@@ -54,14 +55,7 @@ HELPERS_PER_PLACEMENT = 7  # one per style, two more for session-parent's childr
 
 def marked(mark: str):
     """Live processes (not zombies) whose environment carries `mark`."""
-    found = []
-    for proc in psutil.process_iter(["pid"]):
-        try:
-            if proc.environ().get(MARK) == mark and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
-        except psutil.Error:
-            continue
-    return found
+    return list(marked_processes(MARK, mark))
 
 
 @pytest.fixture
@@ -78,14 +72,14 @@ def mark(orch_env, tmp_path):
 
 
 def describe(procs) -> str:
-    lines = []
+    rows = []
     for proc in procs:
         try:
-            lines.append(f"pid {proc.pid} (ppid {proc.ppid()}, pgid {os.getpgid(proc.pid)}, "
-                         f"sid {os.getsid(proc.pid)}): {' '.join(proc.cmdline())}")
+            rows.append(f"pid {proc.pid} (ppid {proc.ppid()}, pgid {os.getpgid(proc.pid)}, "
+                        f"sid {os.getsid(proc.pid)}): {' '.join(proc.cmdline())}")
         except (psutil.Error, OSError):
             continue
-    return "\n".join(lines)
+    return "\n".join(rows)
 
 
 def assert_nothing_left(mark: str, helpers: dict, output: str, nodes: Optional[dict] = None) -> None:
@@ -130,10 +124,8 @@ def tree_text(tmp_path: Path) -> str:
 
 def recorded_helpers(tmp_path: Path) -> dict:
     """label -> (pid, create time) of every helper that has written its line."""
-    path = tmp_path / "helpers"
-    lines = path.read_text().splitlines() if path.exists() else []
     found = {}
-    for number, line in enumerate(lines):
+    for number, line in enumerate(lines(tmp_path / "helpers")):
         label, pid = line.split()
         try:
             found[f"{label}#{number}"] = (int(pid), psutil.Process(int(pid)).create_time())
@@ -229,22 +221,6 @@ def check_detached(mark, orch_env, tmp_path, guardian):
     assert_nothing_left(mark, helpers, down.stderr)
 
 
-def kill_by_pid(procs) -> None:
-    """SIGKILL these processes and all below them that are still the same processes."""
-    targets = list(procs)
-    for proc in procs:
-        try:
-            targets += proc.children(recursive=True)
-        except psutil.Error:
-            continue
-    for proc in targets:
-        try:
-            proc.kill()  # psutil refuses a pid that now names another process
-        except psutil.Error:
-            continue
-    psutil.wait_procs(targets, timeout=5)
-
-
 def ctrl_c_tree(armed: Path, stop_timeout: float) -> str:
     return f'''
 name = "{UNIQUE}"
@@ -270,7 +246,7 @@ def test_ctrl_c_at_the_terminal_counts_once(mark, orch_env, tmp_path, presses):
     with open(output, "wb") as out:
         # setsid --ctty: a session of its own whose controlling terminal is the pty on stdin,
         # so the guardian is its foreground process group.
-        up = subprocess.Popen(["setsid", "--ctty", sys.executable, "-m", "orchestrator", "up", str(file)],
+        up = subprocess.Popen(["setsid", "--ctty", *ORCH_ARGV, "up", str(file)],
                               stdin=slave, stdout=out, stderr=subprocess.STDOUT, env=orch_env)
     os.close(slave)
     try:
@@ -307,7 +283,7 @@ def test_a_signal_to_the_whole_process_group_counts_once(orch_env, tmp_path, sig
     with open(output, "wb") as out:
         # A session of its own, as a shell's job or a service has: the group signal
         # must not reach pytest.
-        up = subprocess.Popen([sys.executable, "-m", "orchestrator", "up", str(file)], stdin=subprocess.DEVNULL,
+        up = subprocess.Popen([*ORCH_ARGV, "up", str(file)], stdin=subprocess.DEVNULL,
                               stdout=out, stderr=subprocess.STDOUT, env=orch_env, start_new_session=True)
     try:
         wait_for(lambda: "tree 'pgrp' is up" in output.read_text(), message="the tree up")

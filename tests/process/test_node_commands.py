@@ -6,23 +6,22 @@ Commands are orch's own doing, so they never count against restart intensity.
 """
 from __future__ import annotations
 
-import textwrap
-from pathlib import Path
-from typing import Dict, Tuple
+import functools
+from typing import Tuple
 
 import psutil
 import pytest
 
-from orchestrator.testing import RunningTree, gone, json_tree
-
-PLUGIN = Path(__file__).resolve().parent.parent / "plugins" / "testworkers.py"
+from orchestrator.testing import gone, json_tree
+from tests import helpers
+from tests.helpers import ok
 
 pytestmark = pytest.mark.timeout(40)
 
 
 def tree_text(name: str = "cmd", extra: str = "", max_restarts: int = 3) -> str:
     """root -> a, sup (-> w, v, inner (-> deep)), b; `extra` is appended as more root children."""
-    return f'name = "{name}"\nplugins = ["{PLUGIN}"]\n' + textwrap.dedent(f'''
+    return helpers.tree_text(name, f'''
         [[children]]
         name = "a"
         worker = "t.sleep"
@@ -43,30 +42,14 @@ def tree_text(name: str = "cmd", extra: str = "", max_restarts: int = 3) -> str:
         [[children]]
         name = "b"
         worker = "t.sleep"
-    ''') + textwrap.dedent(extra)
+    ''' + extra)
 
 
 SUBTREE = ("sup", "sup/w", "sup/v", "sup/inner", "sup/inner/deep")
 
 
-def os_pids(tree: RunningTree) -> Dict[str, Tuple[int, float]]:
-    """Running spec node path -> (pid, create_time), each checked alive and parented right with psutil."""
-    nodes = [node for node in tree.nodes() if node["kind"] != "helper"]
-    pid_of = {node["path"]: node["pid"] for node in nodes}
-    result = {}
-    for node in nodes:
-        if node["pid"] is None:
-            continue
-        proc = psutil.Process(node["pid"])
-        assert proc.status() != psutil.STATUS_ZOMBIE, node
-        if node["path"]:
-            assert proc.ppid() == pid_of[node["parent"]], f"{node['path']}: ppid {proc.ppid()}"
-        result[node["path"]] = (node["pid"], proc.create_time())
-    return result
-
-
-def ok(result) -> None:
-    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+# A held node (`orch stop`) has no process: left out rather than failing the check.
+os_pids = functools.partial(helpers.os_pids, skip_stopped=True)
 
 
 def split(before: dict, after: dict, paths) -> Tuple[dict, dict]:

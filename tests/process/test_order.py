@@ -7,72 +7,27 @@ the "start LABEL" lines of processes started together race each other.
 """
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import psutil
 import pytest
 
 from orchestrator.testing import descendants, gone, wait_for
-
-PLUGINS = Path(__file__).resolve().parent.parent / "plugins"
-WORKERS = [str(PLUGINS / "testworkers.py"), str(PLUGINS / "semantics_workers.py")]
-PID_MAX = int(Path("/proc/sys/kernel/pid_max").read_text())
+from tests.helpers import PID_MAX, WORKERS, created_in_order, down, ignores_sigterm, lines, recorder, tree_text
 
 DEPTH_FIRST = ["a", "s", "s/x", "s/t", "s/t/y", "s/z", "c"]
 WORKER_PATHS = ["a", "s/x", "s/t/y", "s/z", "c"]
 
 
 def three_levels(log: Path, start_method: str = "fork") -> str:
+    """root -> a, s (-> x, t (-> y), z), c; every worker records under its path."""
     def record(table: str, path: str) -> str:
-        return f'''
-        [[{table}]]
-        name = "{path.rpartition("/")[2]}"
-        worker = "t.record"
-        args = {{ log = "{log}", label = "{path}" }}
-        '''
-    return (f'''
-        name = "order"
-        start_method = "{start_method}"
-        plugins = {WORKERS!r}
-        ''' + record("children", "a") + '''
-        [[children]]
-        name = "s"
-        ''' + record("children.children", "s/x") + '''
-        [[children.children]]
-        name = "t"
-        ''' + record("children.children.children", "s/t/y") + record("children.children", "s/z")
+        return recorder(path.rpartition("/")[2], log, label=path, table=table)
+    return tree_text("order", f'start_method = "{start_method}"\n', WORKERS) + (
+        record("children", "a") + '[[children]]\nname = "s"\n'
+        + record("children.children", "s/x") + '[[children.children]]\nname = "t"\n'
+        + record("children.children.children", "s/t/y") + record("children.children", "s/z")
         + record("children", "c"))
-
-
-def lines(log: Path) -> list:
-    return log.read_text().splitlines() if log.exists() else []
-
-
-def created_in_order(pids: list, after: int) -> bool:
-    """`pids` were created in this order, all after `after`."""
-    offsets = [(pid - after) % PID_MAX for pid in pids]
-    return offsets == sorted(offsets)
-
-
-def down(tree, timeout: float = 20.0):
-    """`orch down NAME` while this test reaps the root, as an interactive shell would.
-
-    Returns (orch down's exit code, the root's exit code, seconds taken, down's stderr).
-    """
-    started = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "down", tree.name], env=tree.env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        root_code = tree.wait_exit(timeout)
-        _, err = proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    return proc.returncode, root_code, time.monotonic() - started, err
 
 
 def stop_with(tree, how: str) -> int:
@@ -82,12 +37,6 @@ def stop_with(tree, how: str) -> int:
         return root_code
     os.kill(tree.pid, signal.SIGTERM if how == "SIGTERM" else signal.SIGINT)
     return tree.wait_exit()
-
-
-def ignores_sigterm(pid: int) -> bool:
-    with open(f"/proc/{pid}/status") as status:
-        mask = next(line for line in status if line.startswith("SigIgn:")).split()[1]
-    return bool(int(mask, 16) & (1 << (signal.SIGTERM - 1)))
 
 
 @pytest.mark.timeout(30)

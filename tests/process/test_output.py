@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-PLUGINS = Path(__file__).parent.parent / "plugins"
+from tests.helpers import PLUGIN, PLUGINS
+
 OUT = PLUGINS / "outworkers.py"
-TEST = PLUGINS / "testworkers.py"
 
 
 def tree_text(worker: str, args: str = "{}", start_method: str = "fork", plugin: Path = OUT) -> str:
@@ -50,7 +50,7 @@ def test_final_line_without_newline_is_shown_when_the_worker_returns(orch_tree):
 
 
 def test_final_line_without_newline_is_shown_when_the_worker_is_killed(orch_tree):
-    tree = orch_tree(tree_text("t.say", '{ text = "hello\\nworld" }', plugin=TEST))
+    tree = orch_tree(tree_text("t.say", '{ text = "hello\\nworld" }', plugin=PLUGIN))
     wait_line(tree, "sup/w | hello")
     # One write of both lines: "world" was read with "hello" and is held back as a partial line.
     assert "world" not in tree.read_output()

@@ -9,8 +9,7 @@ import pytest
 
 from orchestrator.root import control
 from orchestrator.testing import run_orch
-
-PLUGINS = Path(__file__).parent.parent / "plugins"
+from tests.helpers import PLUGINS
 
 
 def write_tree(tmp_path: Path, worker: str, plugins=(), start_method: str = "fork") -> Path:

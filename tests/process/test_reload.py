@@ -11,7 +11,6 @@ import json
 import os
 import re
 import signal
-import textwrap
 from pathlib import Path
 from typing import Dict, Tuple
 
@@ -20,28 +19,12 @@ import pytest
 
 from orchestrator.root import control
 from orchestrator.testing import RunningTree, gone, json_tree, run_orch
-
-PLUGIN = Path(__file__).resolve().parent.parent / "plugins" / "testworkers.py"
-PID_MAX = int(Path("/proc/sys/kernel/pid_max").read_text())
+from tests.helpers import created_in_order, lines, ok, os_pids, recorder, tree_text
 
 pytestmark = pytest.mark.timeout(40)
 
 
 # ----- helpers ---------------------------------------------------------------------
-
-
-def tree_file(name: str, body: str) -> str:
-    return f'name = "{name}"\nplugins = ["{PLUGIN}"]\n' + textwrap.dedent(body)
-
-
-def record(table: str, name: str, log: Path, label: str = "", extra: str = "") -> str:
-    return f'''
-[[{table}]]
-name = "{name}"
-worker = "t.record"
-args = {{ log = "{log}", label = "{label or name}" }}
-{extra}
-'''
 
 
 def sleeper(table: str, name: str, extra: str = "") -> str:
@@ -58,47 +41,18 @@ def reload(tree: RunningTree, text: str, *flags: str):
     return tree.orch("reload", str(write(tree, text)), *flags)
 
 
-def os_pids(tree: RunningTree) -> Dict[str, Tuple[int, float]]:
-    """Spec node path -> (pid, create_time), each pid confirmed alive and parented right by psutil."""
-    nodes = [node for node in tree.nodes() if node["kind"] != "helper"]
-    pid_of = {node["path"]: node["pid"] for node in nodes}
-    result = {}
-    for node in nodes:
-        assert node["pid"] is not None, node
-        proc = psutil.Process(node["pid"])
-        assert proc.status() != psutil.STATUS_ZOMBIE, node
-        if node["path"]:
-            assert proc.ppid() == pid_of[node["parent"]], f"{node['path']}: ppid {proc.ppid()}"
-        result[node["path"]] = (node["pid"], proc.create_time())
-    return result
-
-
-def log_lines(log: Path) -> list:
-    return log.read_text().splitlines() if log.exists() else []
-
-
-def created_in_order(pids: list, after: int) -> bool:
-    """`pids` were created in this order, all after `after` (pids grow, wrapping at pid_max)."""
-    offsets = [(pid - after) % PID_MAX for pid in pids]
-    return offsets == sorted(offsets)
-
-
-def ok(result) -> None:
-    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-
-
 # ----- unchanged nodes keep their processes; changed ones get new ones ---------------------
 
 
 def three_levels(log: Path, label_x: str = "x1") -> str:
     """root -> front, sup (-> a, inner (-> x, y)), back."""
-    return tree_file("rl", sleeper("children", "front") + '''
+    return tree_text("rl", sleeper("children", "front") + '''
 [[children]]
 name = "sup"
 ''' + sleeper("children.children", "a") + '''
 [[children.children]]
 name = "inner"
-''' + record("children.children.children", "x", log, label_x)
+''' + recorder("x", log, label_x, "children.children.children")
         + sleeper("children.children.children", "y") + sleeper("children", "back"))
 
 
@@ -124,13 +78,13 @@ def test_reload_keeps_every_unchanged_pid_and_restarts_a_changed_node(orch_tree,
     assert after == before, "only sup/inner/x may have a new process"
     assert new_x[0] != old_x[0] and gone(*old_x)
     assert psutil.Process(new_x[0]).ppid() == before["sup/inner"][0]
-    assert log_lines(log) == ["start x1", "stop x1", "start x2"]
+    assert lines(log) == ["start x1", "stop x1", "start x2"]
 
 
 def live_keys_tree(restart="never", stop_timeout=5.0, daemon="false", backoff=0.1,
                    max_restarts=3, within=5.0) -> str:
     """One node per live key; the arguments are the values to write."""
-    return tree_file("live", f'''
+    return tree_text("live", f'''
 [[children]]
 name = "r"
 worker = "t.sleep"
@@ -194,11 +148,11 @@ def test_live_key_changes_keep_pids_and_take_effect(orch_tree):
 
 
 def add_remove_tree(log: Path, children: list) -> str:
-    return tree_file("ar", '''
+    return tree_text("ar", '''
 [[children]]
 name = "sup"
 max_restarts = 0
-''' + "".join(record("children.children", name, log, extra='stop_timeout = 2.0') for name in children))
+''' + "".join(recorder(name, log, table="children.children", stop_timeout=2.0) for name in children))
 
 
 def test_added_start_in_order_removed_stop_in_reverse_and_are_not_failures(orch_tree, tmp_path):
@@ -211,7 +165,7 @@ def test_added_start_in_order_removed_stop_in_reverse_and_are_not_failures(orch_
     ok(reload(tree, add_remove_tree(log, ["n1", "stay", "n2", "n3"])))
     for path in ("sup/r1", "sup/r2", "sup/r3"):
         assert gone(*before[path]), f"{path} still alive after `orch reload` returned"
-    stops = [line for line in log_lines(log) if line.startswith("stop")]
+    stops = [line for line in lines(log) if line.startswith("stop")]
     assert stops == ["stop r3", "stop r2", "stop r1"], "removed nodes stop in reverse spec order, each its record"
 
     after = os_pids(tree)
@@ -225,10 +179,10 @@ def test_removed_node_is_gone_when_reload_returns(orch_tree):
     """A worker that ignores SIGTERM is SIGKILLed after its own stop_timeout, before `orch reload` returns."""
     keep = sleeper("children.children", "keep")
     slow = sleeper("children.children", "slow", 'stop_timeout = 0.5').replace("t.sleep", "t.ignore_term")
-    tree = orch_tree(tree_file("rm", '[[children]]\nname = "sup"\n' + keep + slow))
+    tree = orch_tree(tree_text("rm", '[[children]]\nname = "sup"\n' + keep + slow))
     before = os_pids(tree)
 
-    ok(reload(tree, tree_file("rm", '[[children]]\nname = "sup"\n' + keep)))
+    ok(reload(tree, tree_text("rm", '[[children]]\nname = "sup"\n' + keep)))
     assert gone(*before["sup/slow"]), "removed sup/slow is still alive after `orch reload` returned"
     assert "sup/slow did not stop within 0.5s; sending SIGKILL" in tree.read_output()
     assert os_pids(tree) == {path: value for path, value in before.items() if path != "sup/slow"}
@@ -236,10 +190,10 @@ def test_removed_node_is_gone_when_reload_returns(orch_tree):
 
 def test_node_moved_under_another_parent_is_stopped_and_started_there(orch_tree):
     moved = sleeper("children", "m")
-    tree = orch_tree(tree_file("mv", moved + '[[children]]\nname = "sup"\n' + sleeper("children.children", "w")))
+    tree = orch_tree(tree_text("mv", moved + '[[children]]\nname = "sup"\n' + sleeper("children.children", "w")))
     before = os_pids(tree)
 
-    file = write(tree, tree_file("mv", '[[children]]\nname = "sup"\n' + sleeper("children.children", "w")
+    file = write(tree, tree_text("mv", '[[children]]\nname = "sup"\n' + sleeper("children.children", "w")
                                  + sleeper("children.children", "m")))
     assert tree.orch("diff", str(file)).stdout.splitlines()[:2] == ["- remove  m", "+ add     sup/m"]
     ok(tree.orch("reload", str(file)))
@@ -252,7 +206,7 @@ def test_node_moved_under_another_parent_is_stopped_and_started_there(orch_tree)
 
 def test_replicas_scale_without_touching_surviving_instances(orch_tree, orch_env):
     def text(count: int) -> str:
-        return tree_file("rep", sleeper("children", "first") + sleeper("children", "web", f"replicas = {count}"))
+        return tree_text("rep", sleeper("children", "first") + sleeper("children", "web", f"replicas = {count}"))
 
     tree = orch_tree(text(3))
     shown = [node["path"] for node in json_tree(orch_env, "rep") if node["kind"] == "worker"]
@@ -289,9 +243,9 @@ restart = "sometimes"
 
 
 def test_invalid_file_changes_nothing_and_reports_like_validate(orch_tree, orch_env):
-    tree = orch_tree(tree_file("inv", sleeper("children", "a") + sleeper("children", "b")))
+    tree = orch_tree(tree_text("inv", sleeper("children", "a") + sleeper("children", "b")))
     before = os_pids(tree)
-    bad = write(tree, tree_file("inv", BROKEN))
+    bad = write(tree, tree_text("inv", BROKEN))
 
     result = tree.orch("reload", str(bad))
     validate = run_orch("validate", str(bad), env=orch_env)
@@ -304,9 +258,9 @@ def test_invalid_file_changes_nothing_and_reports_like_validate(orch_tree, orch_
 
 
 def test_file_of_another_tree_is_refused(orch_tree, monkeypatch):
-    tree = orch_tree(tree_file("mine", sleeper("children", "a")))
+    tree = orch_tree(tree_text("mine", sleeper("children", "a")))
     before = os_pids(tree)
-    other = write(tree, tree_file("theirs", sleeper("children", "a") + sleeper("children", "b")))
+    other = write(tree, tree_text("theirs", sleeper("children", "a") + sleeper("children", "b")))
 
     result = tree.orch("reload", str(other))
     assert result.returncode == 1
@@ -320,7 +274,7 @@ def test_file_of_another_tree_is_refused(orch_tree, monkeypatch):
 
 
 def half_way_tree(bad: str = "") -> str:
-    return tree_file("half", sleeper("children", "a") + '''
+    return tree_text("half", sleeper("children", "a") + '''
 [[children]]
 name = "sup"
 max_restarts = 1000
@@ -368,10 +322,10 @@ def os_pids_except(tree: RunningTree, path: str) -> Dict[str, Tuple[int, float]]
 
 
 def test_sighup_reloads_the_file_the_tree_started_from(orch_tree):
-    tree = orch_tree(tree_file("hup", sleeper("children", "a")))
+    tree = orch_tree(tree_text("hup", sleeper("children", "a")))
     before = os_pids(tree)
 
-    tree.file.write_text(tree_file("hup", sleeper("children", "a") + sleeper("children", "added")))
+    tree.file.write_text(tree_text("hup", sleeper("children", "a") + sleeper("children", "added")))
     os.kill(tree.pid, signal.SIGHUP)
     node = tree.wait_for(lambda: (n := tree.node("added"))["state"] == "running" and n,
                          message="the node added to the file to run after SIGHUP")
@@ -381,11 +335,11 @@ def test_sighup_reloads_the_file_the_tree_started_from(orch_tree):
 
 def test_diff_prints_the_plan_and_changes_nothing(orch_tree, tmp_path):
     log = tmp_path / "log"
-    start = tree_file("df", record("children", "gone", log) + record("children", "args", log, "v1")
+    start = tree_text("df", recorder("gone", log) + recorder("args", log, "v1")
                       + sleeper("children", "live") + sleeper("children", "same"))
     tree = orch_tree(start)
     before = os_pids(tree)
-    edited = tree_file("df", record("children", "args", log, "v2") + sleeper("children", "live", 'restart = "always"')
+    edited = tree_text("df", recorder("args", log, "v2") + sleeper("children", "live", 'restart = "always"')
                        + sleeper("children", "same") + sleeper("children", "new"))
     file = write(tree, edited)
 
@@ -400,4 +354,4 @@ def test_diff_prints_the_plan_and_changes_nothing(orch_tree, tmp_path):
     ]
     assert tree.orch("diff", str(file)).stdout == first.stdout, "diff applied something"
     assert os_pids(tree) == before
-    assert sorted(log_lines(log)) == ["start gone", "start v1"]
+    assert sorted(lines(log)) == ["start gone", "start v1"]

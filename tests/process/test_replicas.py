@@ -2,14 +2,12 @@
 import os
 import signal
 import time
-from pathlib import Path
 
 import psutil
 import pytest
 
 from orchestrator.testing import gone, wait_for
-
-PLUGIN = Path(__file__).resolve().parent.parent / "plugins" / "testworkers.py"
+from tests.helpers import PLUGIN
 
 
 @pytest.mark.timeout(40)

@@ -12,9 +12,7 @@ import psutil
 import pytest
 
 from orchestrator.testing import gone, wait_for
-
-PLUGINS = Path(__file__).resolve().parent.parent / "plugins"
-WORKERS = [str(PLUGINS / "testworkers.py"), str(PLUGINS / "semantics_workers.py")]
+from tests.helpers import WORKERS, ignores_sigterm, running_again, settled, toml_value
 
 # exit reason -> (trigger args, signal the test sends to the worker)
 REASONS = {
@@ -37,11 +35,6 @@ MATRIX = [pytest.param(restart, reason, outcome, id=f"{restart}-{reason}")
           for restart, row in EXPECTED.items() for reason, outcome in row.items()]
 
 
-def toml_args(values: dict) -> str:
-    return "{ " + ", ".join(f'{key} = "{value}"' if isinstance(value, str) else f"{key} = {value}"
-                            for key, value in values.items()) + " }"
-
-
 def armed(path: Path, pid: int) -> bool:
     """The trigger worker `pid` has installed its handler (it appends its pid when it has)."""
     return path.exists() and str(pid) in path.read_text().split()
@@ -61,7 +54,7 @@ def test_restart_type_by_exit_reason(orch_tree, tmp_path, restart, reason, outco
           name = "w"
           worker = "s.trigger"
           restart = "{restart}"
-          args = {toml_args({"armed": str(marker), **args})}
+          args = {toml_value({"armed": str(marker), **args})}
     ''')
     sup, old = tree.node("sup")["pid"], tree.node("sup/w")["pid"]
     wait_for(lambda: armed(marker, old), message=f"worker {old} armed")
@@ -69,32 +62,18 @@ def test_restart_type_by_exit_reason(orch_tree, tmp_path, restart, reason, outco
     os.kill(old, signum)
 
     if outcome == "restarted":
-        node = tree.wait_for(lambda: _restarted(tree.node("sup/w"), old), message="sup/w restarted")
+        node = tree.wait_for(lambda: running_again(tree.node("sup/w"), old), message="sup/w restarted")
         new = psutil.Process(node["pid"])
         assert new.ppid() == sup, "the new process is a child of its supervisor"
         assert node["restarts"] == 1
         assert gone(old)
     else:
-        node = tree.wait_for(lambda: _settled(tree.node("sup/w")), message="sup/w settled")
+        node = tree.wait_for(lambda: settled(tree.node("sup/w")), message="sup/w settled")
         assert (node["state"], node["pid"], node["restarts"]) == (outcome, None, 0)
         assert gone(old)
         assert [p.pid for p in psutil.Process(sup).children()] == [], "nothing was started again"
     assert tree.node("sup")["pid"] == sup and psutil.Process(sup).ppid() == tree.root_pid
-    assert stop(tree) == 0
-
-
-def stop(tree) -> int:
-    """SIGTERM the root and reap it: a clean stop leaves the fixture nothing to kill."""
-    os.kill(tree.pid, signal.SIGTERM)
-    return tree.wait_exit()
-
-
-def _restarted(node: dict, old: int):
-    return node if node["state"] == "running" and node["pid"] not in (None, old) else None
-
-
-def _settled(node: dict):
-    return node if node["state"] in ("stopped", "failed") else None
+    assert tree.stop() == 0
 
 
 @pytest.mark.timeout(30)
@@ -116,7 +95,7 @@ def test_worker_that_dies_while_the_tree_stops_is_not_restarted(orch_tree, tmp_p
     ''')
     early, late = tree.node("early")["pid"], tree.node("late")["pid"]
     wait_for(lambda: log.exists() and "start early" in log.read_text(), message="early armed")
-    wait_for(lambda: _ignores_sigterm(late), message="late ignores SIGTERM")
+    wait_for(lambda: ignores_sigterm(late), message="late ignores SIGTERM")
 
     os.kill(tree.pid, signal.SIGTERM)
     tree.wait_for(lambda: tree.node("")["state"] == "stopping", message="the root stopping")
@@ -127,8 +106,3 @@ def test_worker_that_dies_while_the_tree_stops_is_not_restarted(orch_tree, tmp_p
     assert log.read_text().splitlines() == ["start early"], "early was never started again"
     assert "restarting" not in tree.read_output()
 
-
-def _ignores_sigterm(pid: int) -> bool:
-    with open(f"/proc/{pid}/status") as status:
-        mask = next(line for line in status if line.startswith("SigIgn:")).split()[1]
-    return bool(int(mask, 16) & (1 << (signal.SIGTERM - 1)))

@@ -7,15 +7,14 @@ import os
 import random
 import statistics
 import time
-from pathlib import Path
 
 import psutil
 import pytest
 
 from orchestrator.root.orphans import LEFTOVER_SCAN_INTERVAL
 from orchestrator.testing import gone, wait_for
+from tests.helpers import PLUGIN, matches_spec
 
-PLUGIN = Path(__file__).resolve().parent.parent / "plugins" / "testworkers.py"
 NAME = f"soak-{os.getpid()}"  # unique: a same-named tree elsewhere would be evicted by ours
 SUPERVISORS = ["s1", "s2", "s3", "s4"]
 PER_SUPERVISOR = 12
@@ -77,12 +76,9 @@ def sample(managers):
 
 
 def repaired(tree, killed):
-    nodes = {n["path"]: n for n in tree.nodes() if n["kind"] != "helper"}
-    for path, node in nodes.items():
-        if path and (node["state"] != "running" or node["pid"] is None
-                     or psutil.Process(node["pid"]).ppid() != nodes[node["parent"]]["pid"]):
-            return False
-    if not all(gone(pid, created) for pid, created in killed.items()):
+    """The nodes by path once the tree matches its spec again and every killed pid is gone."""
+    nodes = matches_spec(tree)
+    if not nodes or not all(gone(pid, created) for pid, created in killed.items()):
         return False
     return nodes
 
@@ -92,6 +88,7 @@ def third_medians(series):
     return statistics.median(series[:third]), statistics.median(series[-third:])
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_soak_every_kill_is_repaired_and_nothing_grows(orch_tree):
     tree = orch_tree(soak_tree())

@@ -1,16 +1,13 @@
 """start_method = "spawn": a 3-level tree of .py-plugin workers, its restarts, and a clean stop."""
 import os
 import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import psutil
 import pytest
 
 from orchestrator.testing import descendants, gone, json_tree
+from tests.helpers import PLUGIN, down
 
-PLUGIN = Path(__file__).parent.parent / "plugins" / "testworkers.py"
 TREE = f'''
     name = "spawned"
     start_method = "spawn"
@@ -94,16 +91,9 @@ def test_down_leaves_nothing_under_spawn(orch_tree, orch_env):
     rows = json_tree(orch_env, "spawned")
     seen = {row["pid"] for row in rows}
     assert any(row["kind"] == "helper" for row in rows)
-    down = subprocess.Popen([sys.executable, "-m", "orchestrator", "down", "spawned"], env=orch_env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert tree.wait_exit() == 0  # we reap the root, as a shell would
-        _, err = down.communicate(timeout=20)
-        assert down.returncode == 0, err
-    finally:
-        if down.poll() is None:
-            down.kill()
-            down.communicate()
+    down_code, root_code, _, err = down(tree)  # we reap the root, as a shell would
+    assert root_code == 0
+    assert down_code == 0, err
     alive = [pid for pid in seen if not gone(pid)]
     assert alive == [], f"left behind after `orch down`: {alive}"
     assert "orch: stopping tree 'spawned'" in tree.read_output()

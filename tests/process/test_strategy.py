@@ -6,16 +6,12 @@ for the failed child and the siblings after it, leaving earlier siblings alone.
 """
 import os
 import signal
-from pathlib import Path
 
 import psutil
 import pytest
 
 from orchestrator.testing import gone, wait_for
-
-PLUGINS = Path(__file__).resolve().parent.parent / "plugins"
-WORKERS = [str(PLUGINS / "testworkers.py"), str(PLUGINS / "semantics_workers.py")]
-PID_MAX = int(Path("/proc/sys/kernel/pid_max").read_text())
+from tests.helpers import WORKERS, created_in_order, lines, recorder, running_again, settled
 
 # (strategy, child killed, siblings stopped in this order, children started again)
 CASES = [
@@ -27,32 +23,6 @@ CASES = [
     ("rest_for_one", "b", ["c"], ["b", "c"]),
     ("rest_for_one", "c", [], ["c"]),
 ]
-
-
-def recorder(name: str, log: Path, indent: str = "  ", restart: str = "always") -> str:
-    return f'''
-{indent}[[children.children]]
-{indent}name = "{name}"
-{indent}worker = "t.record"
-{indent}restart = "{restart}"
-{indent}args = {{ log = "{log}", label = "{name}" }}
-'''
-
-
-def lines(log: Path) -> list:
-    return log.read_text().splitlines() if log.exists() else []
-
-
-def created_in_order(pids: list, after: int) -> bool:
-    """`pids` were created in this order after `after` (pids grow, wrapping at pid_max)."""
-    offsets = [(pid - after) % PID_MAX for pid in pids]
-    return offsets == sorted(offsets)
-
-
-def stop(tree) -> int:
-    """SIGTERM the root and reap it: a clean stop leaves the fixture nothing to kill."""
-    os.kill(tree.pid, signal.SIGTERM)
-    return tree.wait_exit()
 
 
 @pytest.mark.timeout(30)
@@ -68,7 +38,7 @@ def test_strategy_restarts_the_right_siblings(orch_tree, tmp_path, strategy, kil
         strategy = "{strategy}"
         max_restarts = 5
         within = 60
-    ''' + "".join(recorder(name, log, indent="        ") for name in "abc"))
+    ''' + "".join(recorder(name, log, table="children.children", restart="always") for name in "abc"))
     wait_for(lambda: len(lines(log)) == 3, message="a, b and c recorded their start")
     sup = tree.node("sup")["pid"]
     old = {name: tree.node(f"sup/{name}")["pid"] for name in "abc"}
@@ -95,7 +65,7 @@ def test_strategy_restarts_the_right_siblings(orch_tree, tmp_path, strategy, kil
             assert (new[name]["state"], new[name]["restarts"]) == ("running", 0), f"sup/{name} row"
     assert created_in_order([new[name]["pid"] for name in started], after=sup), "started in spec order"
     assert tree.node("sup")["pid"] == sup
-    assert stop(tree) == 0
+    assert tree.stop() == 0
 
 
 @pytest.mark.timeout(30)
@@ -107,20 +77,21 @@ def test_one_for_all_does_not_start_a_never_bystander_again(orch_tree, tmp_path)
         [[children]]
         name = "sup"
         strategy = "one_for_all"
-    ''' + recorder("once", log, "        ", restart="never") + recorder("crasher", log, "        "))
+    ''' + recorder("once", log, table="children.children", restart="never")
+        + recorder("crasher", log, table="children.children", restart="always"))
     wait_for(lambda: len(lines(log)) == 2, message="both recorded their start")
     once, crasher = tree.node("sup/once")["pid"], tree.node("sup/crasher")["pid"]
 
     os.kill(crasher, signal.SIGKILL)
 
-    node = tree.wait_for(lambda: _running_again(tree.node("sup/crasher"), crasher), message="crasher back")
+    node = tree.wait_for(lambda: running_again(tree.node("sup/crasher"), crasher), message="crasher back")
     assert psutil.Process(node["pid"]).ppid() == tree.node("sup")["pid"]
     assert gone(once), "the bystander was stopped by the round"
     assert "stop once" in lines(log)
     bystander = tree.node("sup/once")
     assert (bystander["state"], bystander["pid"], bystander["restarts"]) == ("stopped", None, 0)
     assert lines(log).count("start once") == 1, "the never child was not started again"
-    assert stop(tree) == 0
+    assert tree.stop() == 0
 
 
 @pytest.mark.timeout(30)
@@ -132,22 +103,15 @@ def test_one_for_all_leaves_siblings_alone_when_a_never_child_dies(orch_tree, tm
         [[children]]
         name = "sup"
         strategy = "one_for_all"
-    ''' + recorder("once", log, "        ", restart="never") + recorder("other", log, "        "))
+    ''' + recorder("once", log, table="children.children", restart="never")
+        + recorder("other", log, table="children.children", restart="always"))
     wait_for(lambda: len(lines(log)) == 2, message="both recorded their start")
     once, other = tree.node("sup/once")["pid"], tree.node("sup/other")["pid"]
 
     os.kill(once, signal.SIGKILL)
 
-    node = tree.wait_for(lambda: _settled(tree.node("sup/once")), message="once settled")
+    node = tree.wait_for(lambda: settled(tree.node("sup/once")), message="once settled")
     assert (node["state"], node["pid"]) == ("failed", None)
     assert tree.node("sup/other")["pid"] == other and not gone(other), "no round for a never child"
     assert sorted(lines(log)) == ["start once", "start other"]
-    assert stop(tree) == 0
-
-
-def _running_again(node: dict, old: int):
-    return node if node["state"] == "running" and node["pid"] not in (None, old) else None
-
-
-def _settled(node: dict):
-    return node if node["state"] in ("stopped", "failed") else None
+    assert tree.stop() == 0

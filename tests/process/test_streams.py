@@ -5,7 +5,6 @@ import re
 import select
 import signal
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -17,16 +16,14 @@ from orchestrator.root import control
 from orchestrator.root import livetree
 from orchestrator.engine import streams
 from orchestrator.testing import descendants, run_orch, wait_for
+from tests.helpers import ORCH_ARGV, PLUGIN, PLUGINS
 
-PLUGINS = Path(__file__).parent.parent / "plugins"
 OUT = PLUGINS / "outworkers.py"
-TEST = PLUGINS / "testworkers.py"
-ORCH = [sys.executable, "-m", "orchestrator"]
 # Two chatty workers, one relayed by the root and one by a supervisor below it,
 # and a sleeper beside each to SIGKILL.
 CHATTY = f'''
     name = "streams"
-    plugins = ["{OUT}", "{TEST}"]
+    plugins = ["{OUT}", "{PLUGIN}"]
     [[children]]
     name = "talk"
     worker = "out.chatty"
@@ -47,7 +44,7 @@ CHATTY = f'''
 # Quiet on stdout: one line from `hello`; `w` is the one to SIGKILL.
 QUIET = f'''
     name = "streams"
-    plugins = ["{OUT}", "{TEST}"]
+    plugins = ["{OUT}", "{PLUGIN}"]
     [[children]]
     name = "hello"
     worker = "out.both"
@@ -76,7 +73,7 @@ class Tree:
         self.name = "streams"
         self.seen: Dict[int, Optional[float]] = {}
         self.others: List[subprocess.Popen] = []  # readers the test started
-        self.process = subprocess.Popen(wrap + ORCH + ["up", str(file)], env=env, **popen)
+        self.process = subprocess.Popen(wrap + ORCH_ARGV + ["up", str(file)], env=env, **popen)
         self._remember(self.process.pid)
 
     def _remember(self, pid: int) -> None:
@@ -452,7 +449,7 @@ def quiet_tree(orch_tree):
 
 
 def cli(args: List[str], env: Dict[str, str], stdout, stderr=subprocess.PIPE) -> subprocess.Popen:
-    return subprocess.Popen(ORCH + args, env=env, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr)
+    return subprocess.Popen(ORCH_ARGV + args, env=env, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr)
 
 
 COMMANDS = {
@@ -513,10 +510,10 @@ def test_cli_runs_with_standard_streams_closed(tmp_path, orch_env, closed):
     file = tmp_path / "tree.toml"
     file.write_text(textwrap.dedent(QUIET))
     wrap = ["sh", "-c", f'exec "$@" {CLOSE[closed]}', "sh"]
-    valid = subprocess.run(wrap + ORCH + ["validate", str(file)], env=orch_env, capture_output=True)
+    valid = subprocess.run(wrap + ORCH_ARGV + ["validate", str(file)], env=orch_env, capture_output=True)
     assert valid.returncode == 0, valid.stderr
     if closed == "stdout":
         assert valid.stderr == b""
-    missing = subprocess.run(wrap + ORCH + ["tree", "nothing-here"], env=orch_env, capture_output=True)
+    missing = subprocess.run(wrap + ORCH_ARGV + ["tree", "nothing-here"], env=orch_env, capture_output=True)
     assert missing.returncode == 1
     assert b"Traceback" not in missing.stderr

@@ -9,35 +9,27 @@ import pytest
 
 from orchestrator.errors import InvalidInput
 from orchestrator.spec.validate import load_tree
+from tests.helpers import FakeCatalog
 
 CORPUS = pathlib.Path(__file__).resolve().parent.parent / "corpus"
 EXPECTED_LINE = re.compile(r"(?P<file>[^:]+\.toml):(?P<line>\d+|-): (?P<text>.+)")
 
 
-class _Entry:
-    def __init__(self, name, function):
-        self.name, self.function, self.plugin = name, function, "fake"
+def ticker(interval=1.0, message="tick"):
+    pass
 
 
-class _FakeCatalog:
-    """A fixed catalog so the corpus does not change when the bundled plugins do."""
+def sleep():
+    pass
 
-    def __init__(self):
-        def ticker(interval=1.0, message="tick"):
-            pass
 
-        def sleep():
-            pass
-
-        def exit_with(code, after=0.0, message=""):
-            pass
-
-        functions = {"demo.ticker": ticker, "demo.sleep": sleep, "orch.exit": exit_with}
-        self.workers = {name: _Entry(name, fn) for name, fn in functions.items()}
+def exit_with(code, after=0.0, message=""):
+    pass
 
 
 def fake_loader(plugins):
-    return _FakeCatalog()
+    """A fixed catalog so the corpus does not change when the bundled plugins do."""
+    return FakeCatalog(demo_ticker=ticker, demo_sleep=sleep, orch_exit=exit_with)
 
 
 def _expected():

@@ -70,7 +70,14 @@ def test_plan_laws(order, strategy):
             assert (untouched, start) == (order[:index], order[index:]), "rest_for_one splits the list"
 
 
-def test_plan_does_not_mutate_its_input():
-    order = ("a", "b", "c")
-    plan_restart(order, "b", Strategy.ONE_FOR_ALL)
-    assert order == ("a", "b", "c")
+@pytest.mark.parametrize("strategy", list(Strategy), ids=[s.value for s in Strategy])
+def test_plan_does_not_mutate_its_input(strategy):
+    """Callers pass a list (the supervisor, its children's names): the plan must neither change
+    it nor hand it back as one of its own lists. A tuple could show neither, so this uses a list."""
+    for failed in ABC:
+        order = list(ABC)
+        stop, start = plan_restart(order, failed, strategy)
+        assert order == ABC
+        stop.append("extra")
+        start.append("extra")
+        assert order == ABC, "the plan shares a list with its input"

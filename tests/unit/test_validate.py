@@ -13,18 +13,9 @@ from orchestrator.spec.source import SourceMap
 from orchestrator.spec.model import Intensity, NodeSpec, Restart, StartMethod, Strategy, TreeSpec
 from orchestrator.spec.validate import MAX_DEPTH, load_tree, validate_document
 from orchestrator.spec.values import FORKSERVER_REJECTED
+from tests.helpers import FakeCatalog
 
 CORPUS = pathlib.Path(__file__).resolve().parent.parent / "corpus"
-
-
-class Entry:
-    def __init__(self, name, function):
-        self.name, self.function, self.plugin = name, function, "fake"
-
-
-class Catalog:
-    def __init__(self, **functions):
-        self.workers = {name.replace("_", "."): Entry(name, fn) for name, fn in functions.items()}
 
 
 def ticker(interval=1.0, message="tick"):
@@ -40,7 +31,7 @@ def flexible(**anything):
 
 
 def fake_loader(plugins):
-    return Catalog(demo_ticker=ticker, demo_sleep=sleep, demo_flexible=flexible)
+    return FakeCatalog(demo_ticker=ticker, demo_sleep=sleep, demo_flexible=flexible)
 
 
 def write(tmp_path, text: str, name: str = "tree.toml") -> str:
@@ -274,7 +265,7 @@ def test_missing_required_argument_is_reported(tmp_path):
     def needs(path, mode="r"):
         pass
 
-    (message,) = problems(one_worker(tmp_path, "x.needs"), loader=lambda p: Catalog(x_needs=needs))
+    (message,) = problems(one_worker(tmp_path, "x.needs"), loader=lambda p: FakeCatalog(x_needs=needs))
     assert message == (
         "6: w: worker 'x.needs' cannot be called with these args: "
         "missing a required argument: 'path' (it takes: path, mode)"
@@ -291,11 +282,11 @@ def test_worker_without_a_signature_is_not_checked(tmp_path):
             pass
 
     path = one_worker(tmp_path, "x.opaque", "{ whatever = 1 }")
-    assert load_tree(path, catalog_loader=lambda p: Catalog(x_opaque=Opaque())).root.children[0].worker == "x.opaque"
+    assert load_tree(path, catalog_loader=lambda p: FakeCatalog(x_opaque=Opaque())).root.children[0].worker == "x.opaque"
 
 
 def test_no_workers_at_all_says_so(tmp_path):
-    (message,) = problems(one_worker(tmp_path, "a.b"), loader=lambda p: Catalog())
+    (message,) = problems(one_worker(tmp_path, "a.b"), loader=lambda p: FakeCatalog())
     assert message == "5: w: unknown worker 'a.b' (known workers: none (no plugin provides any))"
 
 

@@ -23,24 +23,27 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional, TypeVar
 
 import psutil
 import pytest
 
+from orchestrator.engine.states import NodeState
 from orchestrator.root import control
 from orchestrator.root import livetree
 from orchestrator.errors import RuntimeFailure
 
 DEFAULT_TIMEOUT = 10.0
 
+_T = TypeVar("_T")  # what a waited-for predicate returns
+
 
 class WaitTimeout(AssertionError):
     pass
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = DEFAULT_TIMEOUT,
-             message: str = "condition", interval: float = 0.01):
+def wait_for(predicate: Callable[[], _T], timeout: float = DEFAULT_TIMEOUT,
+             message: str = "condition", interval: float = 0.01) -> _T:
     """Poll `predicate` until it returns something truthy; fail with `message` after `timeout`."""
     deadline = time.monotonic() + timeout
     last_error: Optional[BaseException] = None
@@ -126,7 +129,8 @@ class RunningTree:
         """Node path -> pid for spec nodes (helpers left out)."""
         return {node["path"]: node["pid"] for node in self.nodes() if node["kind"] != "helper"}
 
-    def wait_for(self, predicate, timeout: float = DEFAULT_TIMEOUT, message: str = "condition"):
+    def wait_for(self, predicate: Callable[[], _T], timeout: float = DEFAULT_TIMEOUT,
+                 message: str = "condition") -> _T:
         return wait_for(predicate, timeout, f"{message} (output so far:\n{self.read_output()})")
 
     def wait_running(self, timeout: float = DEFAULT_TIMEOUT) -> List[dict]:
@@ -158,7 +162,7 @@ class RunningTree:
 
     def kill_everything(self) -> None:
         """Cleanup by pid: the guardian, its live descendants and every pid ever seen."""
-        targets = {proc.pid: None for proc in descendants(self.process.pid)}
+        targets: Dict[int, Optional[float]] = {proc.pid: None for proc in descendants(self.process.pid)}
         targets.update(self.seen)  # with create times, so a reused pid is left alone
         killed = [pid for pid, created in targets.items()
                   if livetree.signal_if_same(pid, created, signal.SIGKILL)]
@@ -170,9 +174,9 @@ class RunningTree:
 
 def _mirrors_spec(node: dict, nodes: List[dict]) -> bool:
     if node["path"] == "":
-        return node["state"] == "running" and node["pid"] is not None
+        return node["state"] == NodeState.RUNNING and node["pid"] is not None
     parent = next(n for n in nodes if n["path"] == node["parent"])
-    return node["state"] == "running" and node["pid"] is not None and node["ppid"] == parent["pid"]
+    return node["state"] == NodeState.RUNNING and node["pid"] is not None and node["ppid"] == parent["pid"]
 
 
 class _run_dir:
@@ -211,12 +215,12 @@ def isolated_env(tmp_path: Path) -> Dict[str, str]:
 
 
 @pytest.fixture
-def orch_env(tmp_path) -> Dict[str, str]:
+def orch_env(tmp_path: Path) -> Dict[str, str]:
     return isolated_env(tmp_path)
 
 
 @pytest.fixture
-def orch_tree(tmp_path, orch_env):
+def orch_tree(tmp_path: Path, orch_env: Dict[str, str]) -> Iterator[Callable[..., RunningTree]]:
     """Factory: ``orch_tree(toml_text, name=None)`` starts a tree; all of it is killed at teardown."""
     started: List[RunningTree] = []
 
@@ -236,9 +240,9 @@ def orch_tree(tmp_path, orch_env):
 
 
 def _name_of(file: Path) -> str:
-    try:
+    if sys.version_info >= (3, 11):
         import tomllib
-    except ModuleNotFoundError:  # Python < 3.11
+    else:
         import tomli as tomllib
     return tomllib.loads(file.read_text())["name"]
 

@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import sys
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from orchestrator import __version__
 from orchestrator.cli import remote
@@ -100,7 +100,7 @@ def _parser() -> argparse.ArgumentParser:
 # ----- up -------------------------------------------------------------------
 
 
-def cmd_up(args) -> int:
+def cmd_up(args: argparse.Namespace) -> int:
     from orchestrator.spec.validate import load_tree
 
     tree = load_tree(args.file)
@@ -150,7 +150,7 @@ def _up_detached(file: str, name: str) -> int:
 # ----- validate / plugins -------------------------------------------------------
 
 
-def cmd_validate(args) -> int:
+def cmd_validate(args: argparse.Namespace) -> int:
     from orchestrator.spec.validate import load_tree
 
     tree = load_tree(args.file)
@@ -161,10 +161,10 @@ def cmd_validate(args) -> int:
     return EXIT_OK
 
 
-def cmd_plugins(args) -> int:
+def cmd_plugins(args: argparse.Namespace) -> int:
     from orchestrator.spec.catalog import PluginError, load_catalog
 
-    plugin_refs = ()
+    plugin_refs: Tuple[str, ...] = ()
     if args.tree:
         from orchestrator.spec.validate import load_tree
 
@@ -185,6 +185,6 @@ def cmd_plugins(args) -> int:
     return EXIT_OK
 
 
-def _summary(function) -> str:
+def _summary(function: object) -> str:
     doc = (getattr(function, "__doc__", None) or "").strip()
     return doc.splitlines()[0] if doc else ""

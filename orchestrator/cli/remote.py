@@ -1,6 +1,7 @@
 """CLI commands that talk to a running tree over its control socket: tree, down, diff, reload, restart/stop/start."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -20,7 +21,7 @@ WAIT_LIMIT = 3600.0
 READ_SLACK = 10.0
 
 
-def add_parsers(commands) -> None:
+def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     tree = commands.add_parser("tree", help="show the live tree: pids, ppids, states, restarts")
     tree.add_argument("name", nargs="?", help="tree name (default: every running tree)")
     tree.add_argument("--json", action="store_true", help="machine-readable list of nodes")
@@ -51,7 +52,7 @@ def add_parsers(commands) -> None:
 # ----- tree / down ------------------------------------------------------------
 
 
-def cmd_tree(args) -> int:
+def cmd_tree(args: argparse.Namespace) -> int:
     names = [args.name] if args.name else control.running_trees()
     if not names:
         raise RuntimeFailure("no tree is running")
@@ -66,7 +67,7 @@ def cmd_tree(args) -> int:
     return EXIT_OK
 
 
-def cmd_down(args) -> int:
+def cmd_down(args: argparse.Namespace) -> int:
     name = one_tree(args.name)
     reply = ask(name, {"cmd": "down", "kill": args.kill})
     if reply.get("already_stopping") and not args.kill:
@@ -84,13 +85,13 @@ def cmd_down(args) -> int:
 # ----- diff / reload ------------------------------------------------------------
 
 
-def cmd_diff(args) -> int:
+def cmd_diff(args: argparse.Namespace) -> int:
     reply = _plan(args, "diff")
     _print_plan(reply, args.json, applied=False)
     return EXIT_OK
 
 
-def cmd_reload(args) -> int:
+def cmd_reload(args: argparse.Namespace) -> int:
     """One request: the root applies the file and answers once the tree has settled, with
     the verdict (what does not run, changed nodes that crashed within its grace first)."""
     reply = _plan(args, "reload")
@@ -106,7 +107,7 @@ def cmd_reload(args) -> int:
     return EXIT_OK
 
 
-def _plan(args, command: str) -> dict:
+def _plan(args: argparse.Namespace, command: str) -> dict:
     """Ask the running tree for the plan of `args.file`; the root validates it in full.
 
     This side reads the file (it may be a pipe from `<(...)`, which only we can open)
@@ -152,7 +153,7 @@ def _print_plan(reply: dict, as_json: bool, applied: bool) -> None:
 # ----- restart / stop / start ------------------------------------------------------
 
 
-def cmd_node(args) -> int:
+def cmd_node(args: argparse.Namespace) -> int:
     """One request: the root checks the path and whether the command can apply (exit 2 at
     once if not), acts, and answers once the tree has settled with the node where the
     command sent it, or held meanwhile by a concurrent `orch stop` (it will not run)."""

@@ -5,14 +5,16 @@ A supervisor process's entry, `supervisor_main`, lives with the supervisor
 """
 from __future__ import annotations
 
+import io
 import os
 import signal
 import sys
 from multiprocessing.connection import Connection
-from typing import Iterable, NoReturn
+from typing import Iterable, NoReturn, cast
 
 from orchestrator.engine import osproc
 from orchestrator.engine import titles
+from orchestrator.hookspecs import WorkerFn
 from orchestrator.spec.model import NodeSpec, StartMethod, TreeContext
 
 # Reserved exit code: the worker could not even be looked up in this process, so
@@ -49,15 +51,17 @@ def worker_main(tree: TreeContext, node: NodeSpec, output: Connection, parent_pi
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     output.close()
-    sys.stdout.reconfigure(line_buffering=True)
+    # A text file over fd 1 (typeshed says TextIO, which lacks reconfigure).
+    cast(io.TextIOWrapper, sys.stdout).reconfigure(line_buffering=True)
     osproc.unblock_handled_signals()
     function = _resolve(tree, node)
     function(**node.args)
 
 
-def _resolve(tree: TreeContext, node: NodeSpec):
+def _resolve(tree: TreeContext, node: NodeSpec) -> WorkerFn:
     from orchestrator.spec.catalog import PluginError, load_catalog
 
+    assert node.worker is not None  # only a worker's process runs worker_main
     try:
         entry = load_catalog(tree.plugins).workers.get(node.worker)
     except PluginError as error:

@@ -7,6 +7,7 @@ import selectors
 import signal
 import socket
 import time
+from types import FrameType
 from typing import Callable, Dict, List, Optional, Tuple
 
 Callback = Callable[[], None]
@@ -24,7 +25,7 @@ class Timer:
         self.cancelled = True
 
 
-def _ignore(signum, frame) -> None:
+def _ignore(signum: int, frame: Optional[FrameType]) -> None:
     """Signal handler: the C-level handler already wrote the signal to the wakeup fd."""
 
 

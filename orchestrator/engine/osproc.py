@@ -6,7 +6,7 @@ import ctypes
 import ctypes.util
 import os
 import signal
-from typing import Iterable, Iterator, Optional
+from typing import Iterable, Iterator, Optional, Union
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
@@ -33,7 +33,7 @@ def _libc() -> Optional[ctypes.CDLL]:
 _LIBC = _libc()
 
 
-def _prctl(option: int, value) -> bool:
+def _prctl(option: int, value: Union[int, ctypes.c_char_p]) -> bool:
     prctl = getattr(_LIBC, "prctl", None)
     if prctl is None:
         return False

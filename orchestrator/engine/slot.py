@@ -6,12 +6,11 @@ from typing import TYPE_CHECKING, Optional
 import attrs
 
 from orchestrator.engine.loop import Timer
+from orchestrator.engine.states import SETTLED, NodeState
 from orchestrator.spec.model import NodeSpec
 
 if TYPE_CHECKING:  # a type only: the slot records a process, it never starts one
     from orchestrator.engine.spawn import Running
-
-SETTLED_STATES = ("stopped", "failed")
 
 
 @attrs.define(eq=False)
@@ -21,7 +20,7 @@ class Slot:
     spec: NodeSpec
     running: Optional[Running] = None
     started: float = 0.0  # when `running` started, by the supervisor's clock (uptime)
-    state: str = "stopped"
+    state: NodeState = NodeState.STOPPED
     restarts: int = 0
     failures: int = 0  # exits orch did not cause, since this slot was created
     stop_requested: bool = False  # we signalled it, so its exit is not a failure
@@ -36,5 +35,5 @@ class Slot:
     @property
     def settled(self) -> bool:
         if self.running is None:
-            return self.spec.held or self.state in SETTLED_STATES
+            return self.spec.held or self.state in SETTLED
         return self.ready or not self.spec.is_supervisor

@@ -5,27 +5,30 @@ module knows nothing of workers or supervisors beyond which pipes each needs.
 """
 from __future__ import annotations
 
+import multiprocessing.context
 import multiprocessing.process
 import os
 import time
 from multiprocessing.connection import Connection
 from signal import SIGKILL
-from typing import Callable, Optional, Protocol
+from typing import Callable, Optional, Protocol, Union
 
 import attrs
 
 from orchestrator.engine import osproc
-from orchestrator.spec.model import NodeSpec, TreeContext
+from orchestrator.spec.model import NodeSpec, StartMethod, TreeContext
 
 # A node process's entry: (tree, node, its end of the pipe, the parent's pid).
 Target = Callable[[TreeContext, NodeSpec, Connection, int], None]
+# The contexts a tree starts its processes with (TreeContext.start_method).
+MpContext = Union[multiprocessing.context.ForkContext, multiprocessing.context.SpawnContext]
 
 
 @attrs.define(eq=False)
 class Running:
     """A started node process and the parent-side fds that belong to it."""
 
-    process: object  # multiprocessing.process.BaseProcess
+    process: multiprocessing.process.BaseProcess
     pid: int
     exit_fd: int  # readable once the process has exited
     owns_exit_fd: bool
@@ -34,7 +37,14 @@ class Running:
     started_at: float = attrs.field(factory=time.time)  # wall clock, for display
 
 
-def start_node(mp_context, tree: TreeContext, node: NodeSpec, target: Target) -> Running:
+def mp_context(method: StartMethod) -> MpContext:
+    """multiprocessing's context for `method` (typed: get_context(a str) is any context)."""
+    if method is StartMethod.SPAWN:
+        return multiprocessing.get_context("spawn")
+    return multiprocessing.get_context("fork")
+
+
+def start_node(mp_context: MpContext, tree: TreeContext, node: NodeSpec, target: Target) -> Running:
     """Start `node` as a child of this process, running `target` there.
 
     A supervisor gets a duplex pipe to us, a worker a pipe for its output.
@@ -56,17 +66,19 @@ def start_node(mp_context, tree: TreeContext, node: NodeSpec, target: Target) ->
         _close_quietly(ours, theirs, output_fd)
         raise
     theirs.close()
-    exit_fd, owns = osproc.open_exit_fd(process.pid, process.sentinel)
+    pid = process.pid
+    assert pid is not None  # set by start()
+    exit_fd, owns = osproc.open_exit_fd(pid, process.sentinel)
     if owns:
         # The pidfd watches the exit, so multiprocessing's sentinel pipe (two fds
         # per child) is dead weight; its finalizer closes it (join() never uses it).
-        process._popen.finalizer()
+        process._popen.finalizer()  # type: ignore[union-attr]  # private, not in typeshed
     # We reap it ourselves; left in this set, every later start() would poll all
     # N children (multiprocessing's _cleanup), making bring-up quadratic.
-    multiprocessing.process._children.discard(process)
+    multiprocessing.process._children.discard(process)  # type: ignore[attr-defined]  # private, untyped
     if output_fd is not None:
         os.set_blocking(output_fd, False)
-    return Running(process, process.pid, exit_fd, owns, output_fd, ours)
+    return Running(process, pid, exit_fd, owns, output_fd, ours)
 
 
 def reap(running: Running) -> int:
@@ -96,7 +108,7 @@ class Starter(Protocol):
 class ProcessStarter:
     """The real `Starter`: multiprocessing processes running `worker_target` or `supervisor_target`."""
 
-    def __init__(self, mp_context, worker_target: Target, supervisor_target: Target) -> None:
+    def __init__(self, mp_context: MpContext, worker_target: Target, supervisor_target: Target) -> None:
         self._mp = mp_context
         self._worker_target = worker_target
         self._supervisor_target = supervisor_target
@@ -121,7 +133,7 @@ class ProcessStarter:
         osproc.send(running.pid, SIGKILL, group=True)
 
 
-def _close_quietly(*things) -> None:
+def _close_quietly(*things: Union[Connection, int, None]) -> None:
     for thing in things:
         if thing is None:
             continue
@@ -146,7 +158,7 @@ def release_helpers() -> None:
 
     tracker = getattr(resource_tracker, "_resource_tracker", None)
     fd, pid = getattr(tracker, "_fd", None), getattr(tracker, "_pid", None)
-    if fd is None or pid is None:
+    if tracker is None or fd is None or pid is None:
         return
     try:
         os.close(fd)  # EOF tells the tracker to exit

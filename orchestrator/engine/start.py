@@ -4,6 +4,8 @@ from __future__ import annotations
 import collections
 from typing import Callable, Deque, Iterable, Optional
 
+from orchestrator.engine.slot import Slot
+
 
 class StartSequence:
     """Starts slots one at a time (OTP order).
@@ -12,17 +14,17 @@ class StartSequence:
     its subtree ready, or exits trying. `on_done` runs when the last one is.
     """
 
-    def __init__(self, slots: Iterable, start: Callable[[object], None], on_done: Callable[[], None]) -> None:
-        self._queue: Deque = collections.deque(slots)
+    def __init__(self, slots: Iterable[Slot], start: Callable[[Slot], None], on_done: Callable[[], None]) -> None:
+        self._queue: Deque[Slot] = collections.deque(slots)
         self._start = start
         self._on_done = on_done
-        self._waiting: Optional[object] = None
+        self._waiting: Optional[Slot] = None
         self._finished = False
 
     def begin(self) -> None:
         self._advance()
 
-    def ready(self, slot) -> None:
+    def ready(self, slot: Slot) -> None:
         if slot is self._waiting:
             self._waiting = None
             self._advance()

@@ -8,7 +8,9 @@ from typing import Callable, Deque, List, Optional, Sequence
 from orchestrator.engine import osproc
 from orchestrator.engine.loop import Loop, Timer
 from orchestrator.engine.output import log
-from orchestrator.engine.spawn import Starter
+from orchestrator.engine.slot import Slot
+from orchestrator.engine.spawn import Running, Starter
+from orchestrator.engine.states import NodeState
 
 
 # How long a supervisor told to kill its subtree may take before it is SIGKILLed.
@@ -25,15 +27,15 @@ class StopSequence:
     Signals go through `starter` (spawn.Starter), so a unit test records them.
     """
 
-    def __init__(self, loop: Loop, starter: Starter, slots: Sequence, on_done: Callable[[], None],
-                 on_signal: Callable[[object], None] = lambda slot: None) -> None:
+    def __init__(self, loop: Loop, starter: Starter, slots: Sequence[Slot], on_done: Callable[[], None],
+                 on_signal: Callable[[Slot], None] = lambda slot: None) -> None:
         self._loop = loop
         self._starter = starter
         self._on_signal = on_signal  # the supervisor reports the `stopping` state
         self._slots = list(slots)
-        self._queue: Deque = collections.deque(slots)
+        self._queue: Deque[Slot] = collections.deque(slots)
         self._on_done = on_done
-        self._current: List = []  # the slot (or replica group) being waited for
+        self._current: List[Slot] = []  # the slot (or replica group) being waited for
         self._timer: Optional[Timer] = None
         self._finished = False
         self._force = False
@@ -41,7 +43,7 @@ class StopSequence:
     def begin(self) -> None:
         self._advance()
 
-    def exited(self, slot) -> None:
+    def exited(self, slot: Slot) -> None:
         """The supervisor reaped `slot`; move on once what we waited for is gone."""
         if self._finished:
             return
@@ -84,7 +86,7 @@ class StopSequence:
             return
         self._maybe_done()
 
-    def _replicas_after(self, slot) -> List:
+    def _replicas_after(self, slot: Slot) -> List[Slot]:
         """Instances of a replicated worker stop together, like OTP's simple_one_for_one
         children: they are interchangeable, so waiting on each in turn buys nothing."""
         if slot.spec.replicas is None:
@@ -101,13 +103,14 @@ class StopSequence:
                 break
         return members
 
-    def _send(self, slot, signum: int, group: bool = True) -> None:
+    def _send(self, slot: Slot, signum: int, group: bool = True) -> None:
         """Signal a node's process group (its helpers too), or the pid before it has one."""
+        assert slot.running is not None  # only a slot with a process is signalled
         slot.stop_requested = True
-        slot.state = "stopping"
+        slot.state = NodeState.STOPPING
         self._starter.signal(slot.running, signum, group)
 
-    def _kill_fast(self, slot) -> None:
+    def _kill_fast(self, slot: Slot) -> None:
         if not slot.spec.is_supervisor:
             self._send(slot, signal.SIGKILL)
             return
@@ -115,7 +118,7 @@ class StopSequence:
         running = slot.running
         self._loop.call_later(KILL_SUBTREE_GRACE, lambda: self._kill_if_still(slot, running))
 
-    def _kill_if_still(self, slot, running) -> None:
+    def _kill_if_still(self, slot: Slot, running: Optional[Running]) -> None:
         if slot.running is running:
             log(f"{slot.spec.path} did not kill its subtree within {KILL_SUBTREE_GRACE:g}s; sending SIGKILL")
             self._send(slot, signal.SIGKILL)

@@ -17,7 +17,9 @@ import os
 import select
 import stat
 import sys
-from typing import Dict
+from typing import Dict, Optional, Union
+
+from orchestrator.engine.loop import Loop
 
 # Backlog per stream, in bytes of whole lines; beyond it new lines are dropped.
 LIMIT = 256 * 1024
@@ -31,7 +33,7 @@ MAX_CHUNK = 64 * 1024
 class Sink:
     """Writes whole lines to one fd without blocking; bounded backlog, counted drops."""
 
-    def __init__(self, fd: int, loop=None) -> None:
+    def __init__(self, fd: int, loop: Optional[Loop] = None) -> None:
         self.fd = fd
         self.loop = loop  # writes the backlog when the fd is writable; None: next write does
         self._pending = bytearray()  # whole lines; the first one may be partly written
@@ -112,7 +114,7 @@ class Sink:
             self.loop = None  # the loop is closed: the next write flushes instead
 
 
-def _count_lines(data, start: int) -> int:
+def _count_lines(data: Union[bytes, bytearray], start: int) -> int:
     tail = len(data) - start
     if tail <= 0:
         return 0
@@ -131,7 +133,7 @@ def _chunk_size(fd: int) -> int:
 
 _owner = os.getpid()
 _sinks: Dict[int, Sink] = {}
-_loop = None
+_loop: Optional[Loop] = None
 
 
 def sink(fd: int) -> Sink:
@@ -148,7 +150,7 @@ def sink(fd: int) -> Sink:
     return found
 
 
-def attach(loop) -> None:
+def attach(loop: Loop) -> None:
     """Write backlogs from `loop` (called by the supervisor that runs it)."""
     global _loop
     sink(1)  # resets the state first if we were forked

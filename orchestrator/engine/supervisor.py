@@ -7,13 +7,12 @@ drives it with fakes; `supervisor_main` is its process's entry below the root.
 from __future__ import annotations
 
 import gc
-import multiprocessing
 import os
 import signal
 import sys
 import time
 from multiprocessing.connection import Connection
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from orchestrator.engine import child
 from orchestrator.engine import osproc
@@ -21,10 +20,13 @@ from orchestrator.engine import spawn
 from orchestrator.engine import streams
 from orchestrator.engine.acks import Acknowledgements
 from orchestrator.engine.loop import Loop
+from orchestrator.engine.messages import (Applied, ApplyCommand, Command, GaveUp, NodeEvent, Ready,
+                                          UpMessage)
 from orchestrator.engine.operations import Operations
 from orchestrator.engine.output import log
 from orchestrator.engine.pacing import RestartPacing, describe_exit
 from orchestrator.engine.slot import Slot
+from orchestrator.engine.states import NodeState
 from orchestrator.engine.uplink import PipeUplink, Uplink
 from orchestrator.engine.watch import ProcessWatch
 from orchestrator.policy import strategy
@@ -53,10 +55,10 @@ class Supervisor:
         self.uplink = uplink
         self.loop = loop
         self.starter = starter if starter is not None else spawn.ProcessStarter(
-            multiprocessing.get_context(tree.start_method.value), child.worker_main, supervisor_main)
+            spawn.mp_context(tree.start_method), child.worker_main, supervisor_main)
         self.slots: List[Slot] = [Slot(spec) for spec in node.children]
         self.pacing = RestartPacing(node.intensity, clock)
-        self.acks = Acknowledgements(lambda generation: self.uplink.applied(self.node.path, generation))
+        self.acks = Acknowledgements(lambda generation: self.uplink.send(Applied(self.node.path, generation)))
         self.stopping = False
         self.exit_code = 0
         self.gave_up: Optional[str] = None
@@ -156,14 +158,14 @@ class Supervisor:
         self.pacing.started(slot)
         slot.start_failures = 0
         slot.ready = False
-        slot.state = "starting" if slot.spec.is_supervisor else "running"
+        slot.state = NodeState.STARTING if slot.spec.is_supervisor else NodeState.RUNNING
         self._emit(slot)
 
     def _retry_start(self, slot: Slot, error: OSError) -> None:
         slot.start_failures += 1
         delay = min(START_RETRY_FIRST * 2 ** (slot.start_failures - 1), START_RETRY_MAX)
         log(f"{slot.spec.path}: cannot start process ({error}); retrying in {delay:g}s")
-        slot.state = "backoff"
+        slot.state = NodeState.BACKOFF
         slot.retry = self.loop.call_later(delay, lambda: self._start(slot))
         self._emit(slot)
 
@@ -171,7 +173,7 @@ class Supervisor:
         if slot.retry is not None:
             slot.retry.cancel()
             slot.retry = None
-            slot.state = "stopped"
+            slot.state = NodeState.STOPPED
             self._emit(slot)
 
     # ----- exits and restarts ----------------------------------------------
@@ -193,7 +195,7 @@ class Supervisor:
         if retired:
             self._retiring.remove(slot)
         if expected or self.stopping or slot.spec.held or retired:
-            slot.state = "stopped"
+            slot.state = NodeState.STOPPED
             self._emit(slot)
         else:
             log(f"{slot.spec.path} {describe_exit(code)}")
@@ -206,7 +208,8 @@ class Supervisor:
         if self.ops.busy:
             # Decided once the current round is over; until then it is on its way
             # somewhere, not failed for good (a reload's verdict must not stop here).
-            slot.state = "restarting" if strategy.should_restart(slot.spec.restart, code) else "failed"
+            will_restart = strategy.should_restart(slot.spec.restart, code)
+            slot.state = NodeState.RESTARTING if will_restart else NodeState.FAILED
             self._emit(slot)
             self._pending.append((slot, code))
             return
@@ -214,7 +217,7 @@ class Supervisor:
             self._give_up(f"{slot.spec.path} could not boot (exit code {child.EXIT_BOOT_FAILED}); see its output")
             return
         if not strategy.should_restart(slot.spec.restart, code):
-            slot.state = "stopped" if code == 0 else "failed"
+            slot.state = NodeState.STOPPED if code == 0 else NodeState.FAILED
             self._emit(slot)
             self._check_ready()
             return
@@ -229,7 +232,7 @@ class Supervisor:
             self._restart_round(slot)
             return
         log(f"{slot.spec.path} keeps exiting soon after start; restarting in {delay:g}s")
-        slot.state = "backoff"
+        slot.state = NodeState.BACKOFF
         self._emit(slot)
         if self.node.strategy is Strategy.ONE_FOR_ONE:
             # Only this child is affected, so its wait need not hold up its siblings.
@@ -249,7 +252,7 @@ class Supervisor:
         to_start = [by_name[name] for name in start_names
                     if by_name[name] is failed or by_name[name].spec.restart is not Restart.TEMPORARY]
         to_stop = [by_name[name] for name in stop_names if by_name[name].running is not None]
-        failed.state = "restarting"
+        failed.state = NodeState.RESTARTING
         self._emit(failed)
         log(f"{failed.spec.path}: restarting {', '.join(slot.spec.path for slot in to_start)} "
             f"({self.node.strategy.value}, {self.pacing.budget()})")
@@ -266,38 +269,38 @@ class Supervisor:
     def _give_up(self, reason: str) -> None:
         log(f"{self._label()}: giving up: {reason}")
         self.gave_up = reason
-        self.uplink.gave_up(self.node.path, reason)
+        self.uplink.send(GaveUp(self.node.path, reason))
         self.shutdown(exit_code=1)
 
     # ----- commands from above ---------------------------------------------
 
-    def command(self, message: tuple) -> None:
+    def command(self, command: Command) -> None:
         """Run a command for a node in this subtree, or pass it down to the supervisor owning it."""
-        kind, path = message[0], message[1]
-        if kind == "apply":
-            self.ops.when_idle(lambda: self.apply(message[1], message[2], message[3]))
+        if isinstance(command, ApplyCommand):
+            self.ops.when_idle(lambda: self.apply(command.node, command.tree, command.generation))
             return
+        path = command.path
         parent, _, name = path.rpartition("/")
         if parent == self.node.path:
             # Looked up when it runs, not now: a reload queued ahead of it may replace
             # the slot, and acting on the old one would start a second process for the node.
-            self.ops.when_idle(lambda: self._node_command(kind, name))
+            self.ops.when_idle(lambda: self._restart_child(name))
             return
         for slot in self.slots:
             if slot.running is not None and slot.running.uplink is not None \
                     and path.startswith(slot.spec.path + "/"):
-                self._send_down(slot, message)
+                self._send_down(slot, command)
                 return
 
-    def _node_command(self, kind: str, name: str) -> None:
+    def _restart_child(self, name: str) -> None:
         """Restart one child; orch causes this stop, so it never counts as a failure.
 
-        (`orch stop`/`orch start` arrive as an `apply` with the node's `held` flag.)
+        (`orch stop`/`orch start` arrive as an `ApplyCommand` with the node's `held` flag.)
         """
         slot = next((slot for slot in self.slots if slot.spec.name == name), None)
         if slot is None:
             return  # a reload removed it meanwhile
-        if kind == "restart" and not slot.spec.held:
+        if not slot.spec.held:
             self._cancel_retry(slot)
             slot.restarts += 1
             self._operate(stop=[slot], start=[slot])
@@ -305,7 +308,7 @@ class Supervisor:
     def apply(self, node: NodeSpec, tree: TreeContext, generation: int) -> None:
         """Go from the current spec to `node` touching only what changed (plan_reload).
 
-        Acknowledged upward as ("applied", path, generation) once our own stops and
+        Acknowledged upward as `Applied(path, generation)` once our own stops and
         starts are done and every supervisor child we passed a part to has acknowledged.
         """
         plan = plan_reload([LiveChild(slot.spec, slot.running is not None) for slot in self.slots], node)
@@ -321,12 +324,12 @@ class Supervisor:
         self._retiring += [old[name] for name in plan.retire]
         self.acks.begin(generation, [new[name].spec.path for name in plan.send_down])
         for name in plan.send_down:
-            self._send_down(new[name], ("apply", new[name].spec, tree, generation))
+            self._send_down(new[name], ApplyCommand(new[name].spec, tree, generation))
         self._operate(stop=[old[name] for name in plan.stop], start=[new[name] for name in plan.start],
                       then=self.acks.local_done)
 
     @staticmethod
-    def _slot_for(spec: NodeSpec, old: dict, plan: ReloadPlan) -> Slot:
+    def _slot_for(spec: NodeSpec, old: Dict[str, Slot], plan: ReloadPlan) -> Slot:
         """The slot that runs `spec` from now on: the same one, updated, or a new one."""
         if spec.name in plan.keep:
             slot = old[spec.name]
@@ -339,48 +342,51 @@ class Supervisor:
         self.ops.stop_then_start(
             stop, lambda: [slot for slot in start if slot.running is None and not slot.spec.held], then)
 
-    def _send_down(self, slot: Slot, message: tuple) -> None:
+    @staticmethod
+    def _send_down(slot: Slot, command: Command) -> None:
+        """Pass `command` to a supervisor child (callers check it runs and has a pipe)."""
+        assert slot.running is not None and slot.running.uplink is not None
         try:
-            slot.running.uplink.send(message)
+            slot.running.uplink.send(command)
         except OSError:
             pass  # it is exiting; its exit is handled like any other
 
     # ----- messages from supervisor children, and reports up --------------
 
-    def _handle_message(self, slot: Slot, message: tuple) -> None:
-        kind, path = message[0], message[1]
-        if path == slot.spec.path:
-            if kind == "ready":
+    def _handle_message(self, slot: Slot, message: UpMessage) -> None:
+        """A message from a supervisor child: about the child itself, or forwarded up as is."""
+        if message.path == slot.spec.path:
+            if isinstance(message, Ready):
                 slot.ready = True
-                slot.state = "running"
+                slot.state = NodeState.RUNNING
                 self._emit(slot)
                 if not self.ops.started(slot):
                     self._check_ready()
                 return
-            if kind == "gave_up":
-                slot.report = message[2]
-            if kind == "applied":
-                self.acks.child_applied(path, message[2])
+            if isinstance(message, GaveUp):
+                slot.report = message.reason
+            if isinstance(message, Applied):
+                self.acks.child_applied(message.path, message.generation)
                 return
-        self.uplink.forward(message)
+        self.uplink.send(message)
 
     def _emit(self, slot: Slot) -> None:
         running = slot.running
-        self.uplink.node_event(
+        self.uplink.send(NodeEvent(
             slot.spec.path,
             running.pid if running else None,
             slot.state,
             slot.restarts,
             running.started_at if running else None,
             slot.failures,
-        )
+        ))
 
     def _check_ready(self) -> None:
         if self._ready_sent or self.stopping or self.ops.busy:
             return
         if all(slot.settled for slot in self.slots):
             self._ready_sent = True
-            self.uplink.ready(self.node.path)
+            self.uplink.send(Ready(self.node.path))
 
     def _label(self) -> str:
         return self.node.path or self.tree.name

@@ -1,10 +1,11 @@
 """Process titles: `ps` shows which node a process is, and leftovers of a tree can be found by it."""
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator, Optional
 
 import psutil
 
+_set_title: Optional[Callable[[str], None]]
 try:  # setproctitle rewrites argv so `ps` shows the title; without it, titles are skipped
     from setproctitle import setproctitle as _set_title
 except ImportError:  # pragma: no cover - setproctitle is a dependency; this is graceful decline

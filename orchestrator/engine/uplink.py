@@ -1,29 +1,26 @@
-"""How a supervisor reports to whoever is above it: its parent supervisor, or the root's table."""
+"""How a supervisor reports to whoever is above it: its parent supervisor, or the root's table.
+
+What travels either way is in messages.py: up, a supervisor's own reports and
+those it forwards from below, unchanged; down, commands for a node in its subtree.
+"""
 from __future__ import annotations
 
 from multiprocessing.connection import Connection
-from typing import Optional, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from orchestrator.engine.loop import Loop
+from orchestrator.engine.messages import UpMessage
 
-# Messages travel up as tuples, forwarded unchanged by every supervisor on the way:
-#   ("node", path, pid, state, restarts, started_at, failures)   a child changed state
-#   ("ready", path)                                     a supervisor's subtree is up
-#   ("gave_up", path, reason)                           a supervisor exceeded its intensity
-#   ("applied", path, generation)                       a supervisor finished applying a spec
-# and down, each supervisor passing on what is for a node below it:
-#   ("apply", node_spec, tree_context, generation)      go to this spec (reload, stop/start)
-#   ("restart", path)                                   restart this node
+if TYPE_CHECKING:  # a type only: supervisor.py imports this module
+    from orchestrator.engine.supervisor import Supervisor
 
 
 class Uplink(Protocol):
-    def attach(self, supervisor) -> None: ...
-    def node_event(self, path: str, pid: Optional[int], state: str, restarts: int,
-                   started_at: Optional[float], failures: int) -> None: ...
-    def ready(self, path: str) -> None: ...
-    def gave_up(self, path: str, reason: str) -> None: ...
-    def applied(self, path: str, generation: int) -> None: ...
-    def forward(self, message: tuple) -> None: ...
+    def attach(self, supervisor: Supervisor) -> None:
+        """Start taking commands from above for `supervisor`."""
+
+    def send(self, message: UpMessage) -> None:
+        """Report `message` up: the supervisor's own, or one forwarded from below."""
 
 
 class PipeUplink:
@@ -32,38 +29,21 @@ class PipeUplink:
     def __init__(self, conn: Connection, loop: Loop) -> None:
         self._conn = conn
         self._loop = loop
-        self._supervisor = None
 
-    def attach(self, supervisor) -> None:
-        self._supervisor = supervisor
-        self._loop.add_reader(self._conn.fileno(), self._on_readable)
+    def attach(self, supervisor: Supervisor) -> None:
+        self._loop.add_reader(self._conn.fileno(), lambda: self._on_readable(supervisor))
 
-    def _on_readable(self) -> None:
+    def _on_readable(self, supervisor: Supervisor) -> None:
         try:
-            message = self._conn.recv()
+            command = self._conn.recv()
         except (EOFError, OSError):
             # The parent is gone (the parent-death signal usually beats this).
             self._loop.remove_reader(self._conn.fileno())
-            self._supervisor.abandon()
+            supervisor.abandon()
             return
-        self._supervisor.command(message)
+        supervisor.command(command)
 
-    def node_event(self, path, pid, state, restarts, started_at, failures) -> None:
-        self._send(("node", path, pid, state, restarts, started_at, failures))
-
-    def ready(self, path: str) -> None:
-        self._send(("ready", path))
-
-    def gave_up(self, path: str, reason: str) -> None:
-        self._send(("gave_up", path, reason))
-
-    def applied(self, path: str, generation: int) -> None:
-        self._send(("applied", path, generation))
-
-    def forward(self, message: tuple) -> None:
-        self._send(message)
-
-    def _send(self, message: tuple) -> None:
+    def send(self, message: UpMessage) -> None:
         try:
             self._conn.send(message)
         except OSError:

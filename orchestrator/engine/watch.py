@@ -7,9 +7,11 @@ message; the supervisor decides what any of it means.
 from __future__ import annotations
 
 import os
+from multiprocessing.connection import Connection
 from typing import Callable
 
 from orchestrator.engine.loop import Loop
+from orchestrator.engine.messages import UpMessage
 from orchestrator.engine.output import OutputRelay
 from orchestrator.engine.slot import Slot
 from orchestrator.engine.spawn import Running, Starter
@@ -20,7 +22,7 @@ class ProcessWatch:
     """Starts slots' processes through `starter` and reports their exits and messages."""
 
     def __init__(self, loop: Loop, starter: Starter, on_exit: Callable[[Slot], None],
-                 on_message: Callable[[Slot, tuple], None]) -> None:
+                 on_message: Callable[[Slot, UpMessage], None]) -> None:
         self._loop = loop
         self._starter = starter
         self._on_exit = on_exit
@@ -34,7 +36,8 @@ class ProcessWatch:
             relay = OutputRelay(running.output_fd, slot.spec.path, self._close_relay)
             self._loop.add_reader(running.output_fd, relay.on_readable)
         if running.uplink is not None:
-            self._loop.add_reader(running.uplink.fileno(), lambda: self._on_readable(slot))
+            uplink = running.uplink
+            self._loop.add_reader(uplink.fileno(), lambda: self._on_readable(slot, uplink))
         return running
 
     def reap(self, slot: Slot) -> int:
@@ -44,8 +47,9 @@ class ProcessWatch:
         forked share its process group and are killed: none outlives it.
         """
         running = slot.running
+        assert running is not None  # its exit fd fired: it was started
         if running.uplink is not None:
-            self._drain(slot)
+            self._drain(slot, running.uplink)
             self._loop.remove_reader(running.uplink.fileno())
         self._loop.remove_reader(running.exit_fd)
         code = self._starter.reap(running)
@@ -53,8 +57,7 @@ class ProcessWatch:
             self._starter.kill_group(running)
         return code
 
-    def _on_readable(self, slot: Slot) -> None:
-        conn = slot.running.uplink
+    def _on_readable(self, slot: Slot, conn: Connection) -> None:
         try:
             message = conn.recv()
         except (EOFError, OSError):
@@ -62,8 +65,7 @@ class ProcessWatch:
             return
         self._on_message(slot, message)
 
-    def _drain(self, slot: Slot) -> None:
-        conn = slot.running.uplink
+    def _drain(self, slot: Slot, conn: Connection) -> None:
         try:
             while conn.poll(0):
                 self._on_message(slot, conn.recv())

@@ -452,7 +452,7 @@ class _Client:
             self._end_wait()
             deferred.abandon()
 
-    def _answer(self, line: bytes):
+    def _answer(self, line: bytes) -> Union[dict, Deferred]:
         try:
             request = json.loads(line)
         except RecursionError:

@@ -25,7 +25,7 @@ def snapshot(root_pid: int) -> Dict[int, LiveProcess]:
     for proc in psutil.process_iter(_ATTRS, ad_value=None):
         info = proc.info
         by_pid[info["pid"]] = LiveProcess(**{key: info[key] for key in _ATTRS})
-    children: Dict[int, list] = {}
+    children: Dict[Optional[int], List[int]] = {}
     for live in by_pid.values():
         children.setdefault(live.ppid, []).append(live.pid)
     found: Dict[int, LiveProcess] = {}

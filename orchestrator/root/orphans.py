@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 import signal
-from typing import Callable, Dict, Set
+from functools import partial
+from typing import Callable, Dict, List, Set
 
 import psutil
 
@@ -106,7 +107,7 @@ class OrphanRepair:
                 f"tree {self._tree!r} but is not; stopping it")
             self.evicting[proc.pid] = created
             livetree.signal_if_same(proc.pid, created, signal.SIGTERM)
-            self._loop.call_later(LEFTOVER_STOP_GRACE, lambda pid=proc.pid: self._kill_leftover(pid))
+            self._loop.call_later(LEFTOVER_STOP_GRACE, partial(self._kill_leftover, proc.pid))
 
     def _kill_leftover(self, pid: int) -> None:
         created = self.evicting.pop(pid, None)
@@ -146,7 +147,7 @@ def _leftover_of_ours(proc: psutil.Process) -> bool:
         return False
 
 
-def _descendants(pid: int):
+def _descendants(pid: int) -> List[psutil.Process]:
     try:
         return psutil.Process(pid).children(recursive=True)
     except psutil.Error:

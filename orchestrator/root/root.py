@@ -5,7 +5,7 @@ import os
 import signal
 import time
 from collections import Counter
-from typing import Dict, Optional, Set, Union
+from typing import Dict, List, Optional, Set, Union
 
 import attrs
 
@@ -21,14 +21,16 @@ from orchestrator.root.control import RunDir
 from orchestrator.root.ctlserver import ControlServer, Deferred
 from orchestrator.errors import EXIT_FAILURE, InvalidInput, Problem
 from orchestrator.engine.loop import Loop
+from orchestrator.engine.messages import Applied, ApplyCommand, NodeEvent, Ready, RestartCommand, UpMessage
 from orchestrator.engine.output import log
+from orchestrator.engine.states import LIVE, NodeState
 from orchestrator.policy.plan import plan_tree
 from orchestrator.root.orphans import OrphanRepair
+from orchestrator.root.table import NOT_STARTED, NodeRecord
 from orchestrator.spec.model import TreeContext, TreeSpec
 from orchestrator.engine.supervisor import Supervisor
 from orchestrator.spec.validate import load_tree
 
-LIVE_STATES = ("starting", "running", "stopping")
 COMMANDS = ("ping", "tree", "wait", "down", "diff", "reload", "restart", "stop", "start")
 NODE_COMMANDS = ("restart", "stop", "start")
 
@@ -50,7 +52,7 @@ class Root:
     def __init__(self, tree: TreeSpec, ready_fd: Optional[int] = None,
                  guardian_pid: Optional[int] = None) -> None:
         self.tree = tree
-        self.table: Dict[str, dict] = {}
+        self.table: Dict[str, NodeRecord] = {}  # by node path; the root itself is not in it
         self.started_at = time.time()
         self.loop = Loop()
         # The guardian (orchestrator/guardian.py) is our parent: a SIGTERM once it is
@@ -62,14 +64,14 @@ class Root:
         self._server: Optional[ControlServer] = None
         self.orphans = OrphanRepair(self.loop, tree.name, self._known_children)
         self.file = os.path.abspath(tree.file)  # SIGHUP re-reads it, whatever our cwd becomes
-        self.held: frozenset = frozenset()  # paths kept stopped by `orch stop`
+        self.held: frozenset[str] = frozenset()  # paths kept stopped by `orch stop`
         self._supervisor_paths = {node.path for node in tree.nodes() if node.is_supervisor}
         self.generation = 0  # of the last spec handed down; `applied` once all of it is done
         self.applied_generation = 0
         self.supervisor.on_hangup = self._reload_from_file
         self.waits = settle.Waits(self.loop, self.rows)  # deferred replies, answered once settled
         # Requests answered, by command (others under "other": clients choose no keys), for `ping`.
-        self.requests: Counter = Counter()
+        self.requests: Counter[str] = Counter()
 
     def _known_children(self) -> Set[int]:
         """Our own children: node processes and multiprocessing's resource tracker."""
@@ -109,7 +111,7 @@ class Root:
             log(f"killed {len(killed)} process{'es' if len(killed) != 1 else ''} left below the root: "
                 f"{', '.join(map(str, sorted(killed)))}")
 
-    def _down_pids(self) -> list:
+    def _down_pids(self) -> List[int]:
         """What `orch down` waits for: us, all below us, and the guardian, which exits last."""
         pids = set(livetree.snapshot(os.getpid()))
         if self.guardian_pid is not None:
@@ -118,14 +120,23 @@ class Root:
 
     # ----- Uplink: events from the root supervisor and forwarded from below -----
 
-    def attach(self, supervisor) -> None:
-        pass
+    def attach(self, supervisor: Supervisor) -> None:
+        pass  # commands reach the root supervisor as calls, not over a pipe
 
-    def node_event(self, path, pid, state, restarts, started_at, failures) -> None:
-        self.table[path] = {"pid": pid, "state": state, "restarts": restarts, "started_at": started_at,
-                            "failures": failures}
-        if state not in LIVE_STATES and path in self._supervisor_paths:
-            self._forget_subtree(path)
+    def send(self, message: UpMessage) -> None:
+        if isinstance(message, NodeEvent):
+            self._record(message)
+        elif isinstance(message, Ready):
+            self._ready(message.path)
+        elif isinstance(message, Applied):
+            self._applied(message.path, message.generation)
+        # GaveUp: the root's own give-up is read from the supervisor when run() returns;
+        # one from below reaches its parent, which reports what it does about it.
+
+    def _record(self, event: NodeEvent) -> None:
+        self.table[event.path] = NodeRecord.of(event)
+        if event.state not in LIVE and event.path in self._supervisor_paths:
+            self._forget_subtree(event.path)
         self.waits.changed()
 
     def _forget_subtree(self, path: str) -> None:
@@ -136,30 +147,24 @@ class Root:
         """
         prefix = path + "/"
         for other, entry in self.table.items():
-            if other.startswith(prefix) and entry["pid"] is not None:
-                osproc.send(entry["pid"], signal.SIGKILL, group=True)
-                entry.update(pid=None, state="stopped", started_at=None)
+            if other.startswith(prefix) and entry.pid is not None:
+                osproc.send(entry.pid, signal.SIGKILL, group=True)
+                # Replacing a value while iterating is fine: the keys stay the same.
+                self.table[other] = attrs.evolve(entry, pid=None, state=NodeState.STOPPED, started_at=None)
 
-    def ready(self, path: str) -> None:
+    def _ready(self, path: str) -> None:
         if path:
-            return
-        count = sum(1 for entry in self.table.values() if entry["pid"]) + 1
+            return  # a supervisor below: its parent waits for it, not us
+        count = sum(1 for entry in self.table.values() if entry.pid) + 1
         log(f"tree {self.tree.name!r} is up: {count} processes, root pid {os.getpid()} "
             f"(`orch tree {self.tree.name}` to look, Ctrl-C or `orch down {self.tree.name}` to stop)")
         notify(self._ready_fd, f"ready {os.getpid()}")
         self._ready_fd = None
 
-    def gave_up(self, path: str, reason: str) -> None:
-        pass  # the root's own give-up is read from the supervisor when run() returns
-
-    def applied(self, path: str, generation: int) -> None:
+    def _applied(self, path: str, generation: int) -> None:
         if not path:
             self.applied_generation = max(self.applied_generation, generation)
             self.waits.changed()
-
-    def forward(self, message: tuple) -> None:
-        if message[0] == "node":
-            self.node_event(*message[1:])
 
     # ----- control requests -----------------------------------------------
 
@@ -255,7 +260,7 @@ class Root:
         """Hand the root supervisor the effective spec: the file's, plus our holds."""
         effective = self.tree.with_holds(self.held)
         self.generation += 1
-        self.supervisor.command(("apply", effective.root, TreeContext.of(effective), self.generation))
+        self.supervisor.command(ApplyCommand(effective.root, TreeContext.of(effective), self.generation))
 
     def _reload_wait(self, request: dict, reply: dict) -> Union[dict, Deferred]:
         """A reload with `"wait": true`: answered with the plan and the verdict once settled."""
@@ -279,7 +284,7 @@ class Root:
             for problem in reply.get("problems", []):
                 log(str(Problem(**problem)))
 
-    def _node_command(self, command: str, path) -> dict:
+    def _node_command(self, command: str, path: object) -> dict:
         if not isinstance(path, str) or not path:
             return _usage(f"{command} needs a node path, like 'pipeline/reader' "
                           "(the root is stopped with `orch down`)")
@@ -289,9 +294,9 @@ class Root:
         refusal = self._held_refusal(command, path)
         if refusal:
             return _usage(refusal)
-        before = self.table.get(path, {}).get("pid")
+        before = self.table.get(path, NOT_STARTED).pid
         if command == "restart":
-            self.supervisor.command((command, path))
+            self.supervisor.command(RestartCommand(path))
         else:
             self.held = self.held | {path} if command == "stop" else self.held - {path}
             self._send_spec()
@@ -310,8 +315,8 @@ class Root:
             return f"{path} is held (stopped by `orch stop {path}`); start it with `orch start {path}`"
         return None
 
-    def rows(self):
-        state = "stopping" if self.supervisor.stopping else "running"
+    def rows(self) -> List[dict]:
+        state = NodeState.STOPPING if self.supervisor.stopping else NodeState.RUNNING
         live = livetree.snapshot(os.getpid())
         return view.build_rows(self.tree.with_holds(self.held), self.table, live, os.getpid(), state, self.started_at,
                                self.orphans.drifting())
@@ -326,7 +331,7 @@ def _usage(message: str) -> dict:
     return {"ok": False, "error": message, "usage": True}
 
 
-def _ancestors(path: str):
+def _ancestors(path: str) -> List[str]:
     """'a/b/c' -> ['a/b', 'a'], nearest first (the root, which cannot be held, left out)."""
     parts = path.split("/")
     return ["/".join(parts[:end]) for end in range(len(parts) - 1, 0, -1)]

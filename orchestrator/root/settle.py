@@ -8,7 +8,7 @@ the OS no longer has shows as `missing`, and the wait goes on until the node's e
 arrives. The tree has settled when
 
 - the last spec handed down is acknowledged (`applied >= generation`),
-- the root is not stopping, and no node is on its way somewhere (TRANSITIONAL),
+- the root is not stopping, and no node is on its way somewhere (TRANSITIONAL, engine/states.py),
 - and the wait's own condition holds (a restart: the node runs with another pid...).
 
 Orphans being stopped by the repair loop are not nodes and do not hold a wait up.
@@ -16,17 +16,16 @@ Orphans being stopped by the repair loop are not nodes and do not hold a wait up
 from __future__ import annotations
 
 from functools import partial
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Callable, Container, Dict, List, Optional, Set
 
 from orchestrator.engine.loop import Loop, Timer
+from orchestrator.engine.states import HEALTHY, TRANSITIONAL, NodeState
 from orchestrator.root.ctlserver import Deferred
+from orchestrator.root.table import NOT_STARTED
 
 if TYPE_CHECKING:
     from orchestrator.root.root import Root
 
-# States a node passes through on its way somewhere; `missing` is the view's (a pid
-# the OS no longer has), the others the supervisors'.
-TRANSITIONAL = ("pending", "starting", "stopping", "restarting", "missing")
 NODE_KINDS = ("supervisor", "worker")
 # A wait is answered at the latest this long after the tree's stop budget: a restart
 # or reload stops things, then starts them.
@@ -52,7 +51,7 @@ def table_settled(root: "Root") -> bool:
     if root.applied_generation < root.generation or root.supervisor.stopping:
         return False
     for node in root.tree.nodes():
-        if node.path and root.table.get(node.path, {}).get("state", "pending") in TRANSITIONAL:
+        if node.path and root.table.get(node.path, NOT_STARTED).state in TRANSITIONAL:
             return False
     return True
 
@@ -63,10 +62,10 @@ def rows_settled(rows: List[dict]) -> bool:
 
 
 def not_running(rows: List[dict]) -> List[dict]:
-    return [row for row in rows if row["kind"] in NODE_KINDS and row["state"] not in ("running", "stopped")]
+    return [row for row in rows if row["kind"] in NODE_KINDS and row["state"] not in HEALTHY]
 
 
-def holder(held, path: str) -> Optional[str]:
+def holder(held: Container[str], path: str) -> Optional[str]:
     """`path` or its nearest held ancestor, if any; `held` is any container of paths."""
     while path:
         if path in held:
@@ -146,6 +145,7 @@ class Waits:
                 reply = {"ok": False, "error": f"internal error while waiting: {error!r}"}
             if reply is not None:
                 self._forget(wait)
+                assert wait.deferred is not None  # add() sets it before the wait is open
                 wait.deferred.resolve(reply)
 
     def _expire(self, wait: Wait) -> dict:
@@ -183,21 +183,22 @@ class NodeWait(Wait):
         self.command, self.path, self.before = command, path, before
 
     def wanted(self, state: str, pid: Optional[int]) -> bool:
+        """`state` is the table's NodeState, or a row's (a str, equal to one)."""
         if self.command == "stop":
-            return state == "stopped" and pid is None
+            return state == NodeState.STOPPED and pid is None
         if self.command == "start":
-            return state == "running"
-        return state == "running" and pid != self.before
+            return state == NodeState.RUNNING
+        return state == NodeState.RUNNING and pid != self.before
 
-    def _held(self, held) -> Optional[str]:
+    def _held(self, held: Container[str]) -> Optional[str]:
         return None if self.command == "stop" else holder(held, self.path)
 
     def answer(self, rows: Rows) -> Optional[dict]:
-        entry = self.root.table.get(self.path, {})
+        entry = self.root.table.get(self.path, NOT_STARTED)
         if not table_settled(self.root):
             return None
         gone = self.root.tree.find(self.path) is None
-        if not (gone or self.wanted(entry.get("state", "pending"), entry.get("pid"))
+        if not (gone or self.wanted(entry.state, entry.pid)
                 or self._held(self.root.held)):
             return None
         node = _row(rows(), self.path)
@@ -227,7 +228,7 @@ class ReloadWait(Wait):
     running nor stopped.
     """
 
-    def __init__(self, root: "Root", timeout: float, loop: Loop, plan: dict, changed: set) -> None:
+    def __init__(self, root: "Root", timeout: float, loop: Loop, plan: dict, changed: Set[str]) -> None:
         super().__init__(root, timeout)
         self.loop, self.plan, self.changed = loop, plan, changed
         self.generation = plan["generation"]
@@ -249,7 +250,7 @@ class ReloadWait(Wait):
         return self._reply(current)
 
     def _begin_grace(self) -> None:
-        self.baseline = {path: self.root.table.get(path, {}).get("failures", 0) for path in self.changed}
+        self.baseline = {path: self.root.table.get(path, NOT_STARTED).failures for path in self.changed}
         self._grace = self.loop.call_later(RELOAD_GRACE, self._end_grace)
 
     def _end_grace(self) -> None:
@@ -258,7 +259,7 @@ class ReloadWait(Wait):
         self.root.waits.changed()
 
     def _table_rows(self) -> List[dict]:
-        return [{"path": path, "failures": self.root.table.get(path, {}).get("failures", 0)}
+        return [{"path": path, "failures": self.root.table.get(path, NOT_STARTED).failures}
                 for path in self.changed]
 
     def _crashed(self, rows: List[dict]) -> List[dict]:
@@ -284,5 +285,5 @@ def _row(rows: List[dict], path: str) -> Optional[dict]:
     return next((row for row in rows if row["path"] == path and row["kind"] in NODE_KINDS), None)
 
 
-def _held_paths(rows: List[dict]) -> set:
+def _held_paths(rows: List[dict]) -> Set[str]:
     return {row["path"] for row in rows if row.get("held")}

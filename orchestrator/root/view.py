@@ -2,16 +2,18 @@
 from __future__ import annotations
 
 import time
-from typing import AbstractSet, Dict, List, Mapping, Optional
+from typing import AbstractSet, Dict, List, Mapping, Optional, Tuple
 
 import psutil
 
+from orchestrator.engine.states import NodeState
 from orchestrator.root.livetree import LiveProcess
+from orchestrator.root.table import NOT_STARTED, NodeRecord
 from orchestrator.spec.model import TreeSpec
 
 
-def build_rows(tree: TreeSpec, table: Mapping[str, dict], live: Mapping[int, LiveProcess],
-               root_pid: int, root_state: str, root_started: float,
+def build_rows(tree: TreeSpec, table: Mapping[str, NodeRecord], live: Mapping[int, LiveProcess],
+               root_pid: int, root_state: NodeState, root_started: float,
                being_repaired: AbstractSet[int] = frozenset()) -> List[dict]:
     """One row per spec node in depth-first spec order, then processes no node claims.
 
@@ -21,19 +23,19 @@ def build_rows(tree: TreeSpec, table: Mapping[str, dict], live: Mapping[int, Liv
     now = time.time()
     rows = []
     for node in tree.nodes():
-        entry = table.get(node.path, {}) if node.path else {
-            "pid": root_pid, "state": root_state, "restarts": 0, "started_at": root_started}
-        pid = entry.get("pid")
+        entry = table.get(node.path, NOT_STARTED) if node.path else NodeRecord(
+            pid=root_pid, state=root_state, started_at=root_started)
+        pid = entry.pid
         proc = live.get(pid) if pid else None
-        state = entry.get("state", "pending")  # not started yet (depth-first start)
+        state = entry.state
         if pid and proc is None:
-            state, pid = "missing", None
-        started = entry.get("started_at")
+            state, pid = NodeState.MISSING, None
+        started = entry.started_at
         rows.append({
             "path": node.path, "name": node.name if node.path else tree.name, "kind": node.kind,
             "parent": _parent(node.path), "pid": pid, "ppid": proc.ppid if proc else None,
-            "state": state, "restarts": entry.get("restarts", 0),
-            "failures": entry.get("failures", 0), "daemon": node.daemon,
+            "state": state, "restarts": entry.restarts,
+            "failures": entry.failures, "daemon": node.daemon,
             "held": node.held,
             "uptime": round(now - started, 3) if (pid and started) else None,
         })
@@ -47,7 +49,7 @@ def _mark_drift(rows: List[dict]) -> None:
     for row in rows:
         parent_pid = pid_of.get(row["parent"]) if row["parent"] is not None else None
         wrong_parent = row["pid"] is not None and parent_pid is not None and row["ppid"] != parent_pid
-        row["drift"] = wrong_parent or row["state"] == "missing"
+        row["drift"] = wrong_parent or row["state"] == NodeState.MISSING
 
 
 def _parent(path: str) -> Optional[str]:
@@ -65,14 +67,16 @@ def _helpers(rows: List[dict], live: Mapping[int, LiveProcess], now: float,
     for proc in sorted(live.values(), key=lambda p: p.pid):
         if proc.pid in path_of:
             continue
-        parent = path_of.get(proc.ppid)
+        parent = path_of.get(proc.ppid) if proc.ppid is not None else None
         path = f"{parent}/~{proc.pid}" if parent else f"~{proc.pid}"
         path_of[proc.pid] = path
         orphan = proc.pid in being_repaired
         helpers.append({
             "path": path, "name": _helper_name(proc), "kind": "orphan" if orphan else "helper",
             "parent": parent, "pid": proc.pid, "ppid": proc.ppid,
-            "state": "stopping" if orphan else (proc.status or "?"), "restarts": 0, "failures": 0,
+            # An orphan is being stopped; a helper shows the OS's status word (`sleeping`...),
+            # which is not a NodeState.
+            "state": NodeState.STOPPING if orphan else (proc.status or "?"), "restarts": 0, "failures": 0,
             "daemon": False, "uptime": round(now - proc.create_time, 3) if proc.create_time else None,
             "drift": orphan,
         })
@@ -95,7 +99,7 @@ def render_text(tree_name: str, rows: List[dict]) -> str:
     children: Dict[Optional[str], List[dict]] = {}
     for row in rows:
         children.setdefault(row["parent"], []).append(row)
-    labels: List[tuple] = []
+    labels: List[Tuple[str, dict]] = []
 
     def walk(row: dict, prefix: str, tail: str) -> None:
         labels.append((prefix + row["name"], row))

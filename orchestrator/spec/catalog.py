@@ -38,6 +38,10 @@ class Catalog:
     plugins: Tuple[Tuple[str, Tuple[str, ...]], ...]  # (plugin name, its worker names)
 
 
+# What went wrong while loading, each with the tree-file plugin ref it concerns, if any.
+Problems = List[Tuple[Optional[str], str]]
+
+
 class PluginError(Exception):
     """Plugins that could not be loaded; each problem names the tree-file ref if any."""
 
@@ -66,7 +70,7 @@ def _load(tree_plugins: Sequence[str]) -> Catalog:
     manager.add_hookspecs(hookspecs)
     for name in _blocked():
         manager.set_blocked(name)
-    problems: List[Tuple[Optional[str], str]] = []
+    problems: Problems = []
     for module_name in BUILTIN_PLUGINS:
         _register(manager, importlib.import_module(module_name), module_name, problems)
     if os.environ.get(ENV_NO_AUTOLOAD) != "1":
@@ -84,7 +88,8 @@ def _blocked() -> List[str]:
     return [name.strip() for name in os.environ.get(ENV_BLOCK, "").split(",") if name.strip()]
 
 
-def _register(manager, plugin, name, problems, ref=None) -> None:
+def _register(manager: pluggy.PluginManager, plugin: object, name: str, problems: Problems,
+              ref: Optional[str] = None) -> None:
     if manager.is_blocked(name):
         return
     _, failure = run_plugin_code(lambda: manager.register(plugin, name=name))
@@ -92,7 +97,7 @@ def _register(manager, plugin, name, problems, ref=None) -> None:
         problems.append((ref, f"plugin {name!r} is invalid: {failure}"))
 
 
-def _load_entry_points(manager, problems) -> None:
+def _load_entry_points(manager: pluggy.PluginManager, problems: Problems) -> None:
     # pluggy's own loader stops at the first broken package; load one by one so
     # a broken third-party plugin is reported by name next to everything else.
     from importlib import metadata
@@ -109,7 +114,7 @@ def _load_entry_points(manager, problems) -> None:
             _register(manager, plugin, entry.name, problems)
 
 
-def _load_tree_plugin(manager, ref: str, problems) -> None:
+def _load_tree_plugin(manager: pluggy.PluginManager, ref: str, problems: Problems) -> None:
     module, failure = run_plugin_code(
         lambda: _import_path(ref) if ref.endswith(".py") else importlib.import_module(ref))
     if failure:
@@ -171,7 +176,7 @@ def _import_path(path: str) -> types.ModuleType:
     return module
 
 
-def _check_hook_names(manager, problems) -> None:
+def _check_hook_names(manager: pluggy.PluginManager, problems: Problems) -> None:
     # A misspelt hook (`orch_worker`) would otherwise be ignored in silence.
     try:
         manager.check_pending()
@@ -180,12 +185,12 @@ def _check_hook_names(manager, problems) -> None:
         problems.append((None, f"plugin {name!r}: {error}"))
 
 
-def _collect_workers(manager, problems) -> Dict[str, WorkerEntry]:
+def _collect_workers(manager: pluggy.PluginManager, problems: Problems) -> Dict[str, WorkerEntry]:
     # Call each implementation on its own so every worker is attributed to its
     # plugin and a duplicate can name both plugins.
     workers: Dict[str, WorkerEntry] = {}
     for impl in reversed(manager.hook.orch_workers.get_hookimpls()):
-        name = manager.get_name(impl.plugin)
+        name = impl.plugin_name  # the name it was registered under (manager.get_name)
         for entry in _plugin_workers(impl, name, problems):
             if entry.name in workers:
                 problems.append((None, f"worker {entry.name!r} is provided by two plugins: "
@@ -196,7 +201,7 @@ def _collect_workers(manager, problems) -> Dict[str, WorkerEntry]:
     return workers
 
 
-def _plugin_workers(impl, plugin_name: str, problems) -> List[WorkerEntry]:
+def _plugin_workers(impl: pluggy.HookImpl, plugin_name: str, problems: Problems) -> List[WorkerEntry]:
     result, failure = run_plugin_code(impl.function)
     if failure:
         problems.append((None, f"plugin {plugin_name!r}: orch_workers() failed: {failure}"))
@@ -215,7 +220,8 @@ def _plugin_workers(impl, plugin_name: str, problems) -> List[WorkerEntry]:
     return entries
 
 
-def _listing(manager, workers: Mapping[str, WorkerEntry]) -> Tuple[Tuple[str, Tuple[str, ...]], ...]:
+def _listing(manager: pluggy.PluginManager,
+             workers: Mapping[str, WorkerEntry]) -> Tuple[Tuple[str, Tuple[str, ...]], ...]:
     rows = []
     for name, plugin in manager.list_name_plugin():
         if plugin is None:

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, List, Mapping, Optional, Sequence, Tuple
 
 from orchestrator.spec.source import KeyPath
 from orchestrator.spec.values import did_you_mean
+
+if TYPE_CHECKING:  # types only: validate.py calls this module
+    from orchestrator.spec.validate import _Validator, _WorkerUse
 
 CatalogLoader = Callable[[Sequence[str]], Any]
 
@@ -18,7 +21,7 @@ def default_loader(loader: Optional[CatalogLoader]) -> CatalogLoader:
     return load_catalog
 
 
-def check_workers(validator, loader: CatalogLoader) -> None:
+def check_workers(validator: _Validator, loader: CatalogLoader) -> None:
     """Second phase: resolve each well-formed worker node against the plugin catalog."""
     try:
         catalog = loader(validator.plugins)
@@ -29,7 +32,7 @@ def check_workers(validator, loader: CatalogLoader) -> None:
         _check_worker(validator, use, catalog.workers)
 
 
-def _report_plugin_failure(validator, exc: Exception) -> None:
+def _report_plugin_failure(validator: _Validator, exc: Exception) -> None:
     # Duck-typed on `.problems` (catalog.PluginError) so a fake loader needs no import.
     problems = getattr(exc, "problems", None)
     if not isinstance(problems, list):
@@ -40,7 +43,7 @@ def _report_plugin_failure(validator, exc: Exception) -> None:
         validator.add(keys, "", text)
 
 
-def _plugin_keys(validator, ref: Optional[str]) -> KeyPath:
+def _plugin_keys(validator: _Validator, ref: Optional[str]) -> KeyPath:
     # Only called when every plugin resolved, so refs and resolved paths align.
     for index, names in enumerate(zip(validator.plugin_refs, validator.plugins)):
         if ref is not None and ref in names:
@@ -48,7 +51,7 @@ def _plugin_keys(validator, ref: Optional[str]) -> KeyPath:
     return ("plugins",)
 
 
-def _check_worker(validator, use, workers: Mapping[str, Any]) -> None:
+def _check_worker(validator: _Validator, use: _WorkerUse, workers: Mapping[str, Any]) -> None:
     entry = workers.get(use.worker)
     keys = use.at.keys
     if entry is None:
@@ -72,7 +75,7 @@ def _bind_problems(worker: str, function: Any, args: Mapping[str, Any]) -> List[
         signature.bind(**args)
         return []
     except TypeError as exc:
-        error = str(exc)
+        reason = str(exc)
     takes = [p.name for p in signature.parameters.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     listing = f"(it takes: {', '.join(takes)})" if takes else "(it takes no arguments)"
     open_ended = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
@@ -82,4 +85,4 @@ def _bind_problems(worker: str, function: Any, args: Mapping[str, Any]) -> List[
             (arg, f"worker {worker!r} does not accept argument {arg!r} {listing}{did_you_mean(arg, takes)}")
             for arg in unknown
         ]
-    return [(None, f"worker {worker!r} cannot be called with these args: {error} {listing}")]
+    return [(None, f"worker {worker!r} cannot be called with these args: {reason} {listing}")]

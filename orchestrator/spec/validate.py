@@ -213,7 +213,8 @@ class _Validator:
         return ()
 
     def _child_nodes(self, items: List[Any], at: _At) -> Tuple[NodeSpec, ...]:
-        nodes, first_lines = [], {}
+        nodes: List[NodeSpec] = []
+        first_lines: Dict[str, Any] = {}
         for index, item in enumerate(items):
             if not isinstance(item, dict):
                 message = f"children[{index}] must be a table, got {describe(item)}"

@@ -9,8 +9,10 @@ from types import SimpleNamespace
 import pytest
 
 from orchestrator.engine.loop import Loop
+from orchestrator.engine.states import NodeState
 from orchestrator.root import settle, view
 from orchestrator.root.livetree import LiveProcess
+from orchestrator.root.table import NodeRecord
 from orchestrator.spec.validate import load_tree
 
 PLUGIN = Path(__file__).resolve().parent.parent / "plugins" / "testworkers.py"
@@ -49,13 +51,13 @@ class FakeRoot:
     def rows(self):
         self.scans += 1
         live = {pid: LiveProcess(pid, None, "sleeping", None, "x")
-                for pid in [ROOT_PID] + [entry["pid"] for entry in self.table.values()]
+                for pid in [ROOT_PID] + [entry.pid for entry in self.table.values()]
                 if pid and pid not in self.gone}
-        return view.build_rows(self.tree.with_holds(self.held), self.table, live, ROOT_PID, "running", 0.0)
+        return view.build_rows(self.tree.with_holds(self.held), self.table, live, ROOT_PID, NodeState.RUNNING, 0.0)
 
     def event(self, path, pid, state, failures=0) -> None:
-        """As Root.node_event: the table changes, the waits are told."""
-        self.table[path] = {"pid": pid, "state": state, "restarts": 0, "started_at": 1.0, "failures": failures}
+        """As Root does with a NodeEvent: the table changes, the waits are told."""
+        self.table[path] = NodeRecord(pid=pid, state=NodeState(state), restarts=0, started_at=1.0, failures=failures)
         self.waits.changed()
 
     def add(self, wait):

@@ -17,6 +17,8 @@ import pytest
 from orchestrator.engine.acks import Acknowledgements
 from orchestrator.engine.child import EXIT_BOOT_FAILED
 from orchestrator.engine.loop import Timer
+from orchestrator.engine.messages import (Applied, ApplyCommand, Command, GaveUp, NodeEvent, Ready,
+                                          RestartCommand, UpMessage)
 from orchestrator.engine.supervisor import Supervisor
 from orchestrator.spec.model import (Backoff, Intensity, NodeSpec, Restart, StartMethod, Strategy,
                                      TreeContext)
@@ -94,13 +96,13 @@ class FakeConn:
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
-        self.inbox: List[tuple] = []
-        self.sent: List[tuple] = []
+        self.inbox: List[UpMessage] = []  # what the child sends up
+        self.sent: List[Command] = []  # what the supervisor sends down
 
     def fileno(self) -> int:
         return self.fd
 
-    def recv(self) -> tuple:
+    def recv(self) -> UpMessage:
         if not self.inbox:
             raise EOFError
         return self.inbox.pop(0)
@@ -108,7 +110,7 @@ class FakeConn:
     def poll(self, timeout=0) -> bool:
         return bool(self.inbox)
 
-    def send(self, message: tuple) -> None:
+    def send(self, message: Command) -> None:
         self.sent.append(message)
 
 
@@ -169,32 +171,20 @@ class RecordingUplink:
     """The Uplink protocol (engine/uplink.py), recording the messages a PipeUplink would send."""
 
     def __init__(self) -> None:
-        self.sent: List[tuple] = []
+        self.sent: List[UpMessage] = []
         self.supervisor = None
 
     def attach(self, supervisor) -> None:
         self.supervisor = supervisor
 
-    def node_event(self, path, pid, state, restarts, started_at, failures) -> None:
-        self.sent.append(("node", path, pid, state, restarts, started_at, failures))
-
-    def ready(self, path) -> None:
-        self.sent.append(("ready", path))
-
-    def gave_up(self, path, reason) -> None:
-        self.sent.append(("gave_up", path, reason))
-
-    def applied(self, path, generation) -> None:
-        self.sent.append(("applied", path, generation))
-
-    def forward(self, message) -> None:
+    def send(self, message: UpMessage) -> None:
         self.sent.append(message)
 
-    def of(self, kind: str) -> List[tuple]:
-        return [message for message in self.sent if message[0] == kind]
+    def of(self, kind: type) -> list:
+        return [message for message in self.sent if isinstance(message, kind)]
 
     def states(self, path: str) -> List[str]:
-        return [message[3] for message in self.of("node") if message[1] == path]
+        return [message.state for message in self.of(NodeEvent) if message.path == path]
 
 
 class Harness:
@@ -231,13 +221,13 @@ class Harness:
             first = min(signalled, key=lambda process: process.signalled[0][0])
             self.exit(first.path, -first.signalled[-1][1])
 
-    def message(self, path: str, message: tuple) -> None:
+    def message(self, path: str, message: UpMessage) -> None:
         """A supervisor child sends `message` up its pipe."""
         conn = self.process(path).uplink
         conn.inbox.append(message)
         self.loop.readers[conn.fileno()]()
 
-    def command(self, message: tuple) -> None:
+    def command(self, message: Command) -> None:
         self.sup.command(message)
 
     def slot(self, name: str):
@@ -278,7 +268,7 @@ def held(node: NodeSpec, *paths: str) -> NodeSpec:
 def test_children_start_in_spec_order_and_the_supervisor_reports_ready():
     h = Harness(abcd()).begin()
     assert h.starter.starts == ["a", "b", "c", "d"]
-    assert h.uplink.of("ready") == [("ready", "")]
+    assert h.uplink.of(Ready) == [Ready("")]
     assert set(h.loop.signals) >= {TERM, signal.SIGINT, signal.SIGUSR1}
     assert h.uplink.supervisor is h.sup
 
@@ -395,7 +385,7 @@ def test_boot_failure_gives_up_at_once_and_stops_the_rest_in_reverse_order():
     h.reset()
     h.exit("b", EXIT_BOOT_FAILED)
     assert h.sup.gave_up and "could not boot" in h.sup.gave_up
-    assert h.uplink.of("gave_up") == [("gave_up", "", h.sup.gave_up)]
+    assert h.uplink.of(GaveUp) == [GaveUp("", h.sup.gave_up)]
     h.obey()
     assert h.starter.terms() == ["d", "c", "a"]
     assert h.starter.starts == [], "restarting cannot help a worker that cannot boot"
@@ -404,7 +394,7 @@ def test_boot_failure_gives_up_at_once_and_stops_the_rest_in_reverse_order():
 
 def test_boot_failure_of_a_supervisor_child_is_an_ordinary_failure():
     h = Harness(root(sup("s", worker("s/x")))).begin()
-    h.message("s", ("ready", "s"))
+    h.message("s", Ready("s"))
     h.reset()
     h.exit("s", EXIT_BOOT_FAILED)
     assert h.sup.gave_up is None
@@ -423,12 +413,12 @@ def test_more_restarts_than_the_intensity_allows_gives_up():
     h.loop.advance(10.0)
     h.exit("a", 1)
     assert h.sup.gave_up == "a exited with code 1; more than 2 restarts within 60s"
-    assert h.uplink.of("gave_up") == [("gave_up", "", h.sup.gave_up)]
+    assert h.uplink.of(GaveUp) == [GaveUp("", h.sup.gave_up)]
     assert h.starter.starts == []
     h.obey()
     assert h.starter.terms() == ["d", "c", "b"]
     assert h.loop.stopped and h.sup.exit_code == 1
-    assert h.uplink.of("ready") == []
+    assert h.uplink.of(Ready) == []
 
 
 def test_restarts_older_than_the_window_do_not_count():
@@ -446,29 +436,29 @@ def test_restarts_older_than_the_window_do_not_count():
 def test_held_node_is_stopped_and_not_restarted_whatever_its_exit():
     h = Harness(abcd()).begin()
     h.reset()
-    h.command(("apply", held(abcd(), "b"), TREE, 1))
+    h.command(ApplyCommand(held(abcd(), "b"), TREE, 1))
     assert h.starter.terms() == ["b"]
     h.exit("b", 1)  # it crashed on the way down: still not restarted
     assert h.starter.starts == []
     assert h.uplink.states("b")[-1] == "stopped"
-    assert h.uplink.of("applied") == [("applied", "", 1)]
-    h.command(("restart", "b"))
+    assert h.uplink.of(Applied) == [Applied("", 1)]
+    h.command(RestartCommand("b"))
     assert h.starter.starts == [] and h.starter.terms() == ["b"], "a held node ignores restart"
-    h.command(("apply", abcd(), TREE, 2))  # orch start
+    h.command(ApplyCommand(abcd(), TREE, 2))  # orch start
     assert h.starter.starts == ["b"]
-    assert h.uplink.of("applied")[-1] == ("applied", "", 2)
+    assert h.uplink.of(Applied)[-1] == Applied("", 2)
 
 
 def test_held_node_is_not_started_at_all():
     h = Harness(held(abcd(), "c")).begin()
     assert h.starter.starts == ["a", "b", "d"]
-    assert h.uplink.of("ready") == [("ready", "")], "a held node counts as settled"
+    assert h.uplink.of(Ready) == [Ready("")], "a held node counts as settled"
 
 
 def test_restart_command_stops_then_starts_the_node_and_is_not_a_failure():
     h = Harness(abcd()).begin()
     h.reset()
-    h.command(("restart", "c"))
+    h.command(RestartCommand("c"))
     assert h.starter.terms() == ["c"]
     h.obey()
     assert h.starter.starts == ["c"]
@@ -485,8 +475,8 @@ def test_restart_queued_behind_a_reload_acts_on_the_slot_the_reload_created():
     changed = attrs.evolve(abcd(Strategy.ONE_FOR_ALL), children=tuple(
         attrs.evolve(child, args={"v": 2}) if child.name == "b" else child
         for child in abcd().children))
-    h.command(("apply", changed, TREE, 1))  # b's args changed: a new process
-    h.command(("restart", "b"))
+    h.command(ApplyCommand(changed, TREE, 1))  # b's args changed: a new process
+    h.command(RestartCommand("b"))
     old_slot = h.slot("b")
     h.obey()  # the round, then the reload, then the restart
     new_slot = h.slot("b")
@@ -494,14 +484,14 @@ def test_restart_queued_behind_a_reload_acts_on_the_slot_the_reload_created():
     assert h.starter.starts == ["a", "b", "c", "d", "b", "b"]
     assert h.starter.terms() == ["c", "b", "a", "b", "b"]
     assert new_slot.spec.args == {"v": 2} and new_slot.running is not None
-    assert h.uplink.of("applied") == [("applied", "", 1)]
+    assert h.uplink.of(Applied) == [Applied("", 1)]
 
 
 def test_commands_queue_in_order_behind_the_operation_that_runs():
     h = Harness(abcd()).begin()
     h.reset()
-    h.command(("restart", "a"))
-    h.command(("restart", "b"))
+    h.command(RestartCommand("a"))
+    h.command(RestartCommand("b"))
     assert h.starter.terms() == ["a"], "the second waits for the first"
     h.obey()
     assert h.starter.terms() == ["a", "b"]
@@ -510,8 +500,8 @@ def test_commands_queue_in_order_behind_the_operation_that_runs():
 
 def test_commands_for_a_deeper_node_go_down_to_the_supervisor_child_that_owns_it():
     h = Harness(root(sup("s", worker("s/x")), worker("w"))).begin()
-    h.command(("restart", "s/x"))
-    assert h.process("s").uplink.sent == [("restart", "s/x")]
+    h.command(RestartCommand("s/x"))
+    assert h.process("s").uplink.sent == [RestartCommand("s/x")]
 
 
 # ----- reloads and their acknowledgement ------------------------------------------------
@@ -524,30 +514,30 @@ def two_level(x_args=None, extra=()) -> NodeSpec:
 def test_reload_is_acknowledged_only_once_every_supervisor_child_has():
     h = Harness(two_level()).begin()
     assert h.starter.starts == ["w", "s"], "s is started; its subtree is not up yet"
-    assert h.uplink.of("ready") == []
-    h.message("s", ("ready", "s"))
-    assert h.uplink.of("ready") == [("ready", "")]
+    assert h.uplink.of(Ready) == []
+    h.message("s", Ready("s"))
+    assert h.uplink.of(Ready) == [Ready("")]
     h.reset()
     new = two_level(x_args={"v": 2}, extra=(worker("n"),))
-    h.command(("apply", new, TREE, 7))
-    assert h.process("s").uplink.sent == [("apply", new.children[1], TREE, 7)]
+    h.command(ApplyCommand(new, TREE, 7))
+    assert h.process("s").uplink.sent == [ApplyCommand(new.children[1], TREE, 7)]
     assert h.starter.starts == ["n"], "our own part is done at once"
-    assert h.uplink.of("applied") == []
-    h.message("s", ("applied", "s", 6))  # an older generation's word does not count
-    assert h.uplink.of("applied") == []
-    h.message("s", ("applied", "s", 7))
-    assert h.uplink.of("applied") == [("applied", "", 7)]
-    h.message("s", ("applied", "s", 7))
-    assert h.uplink.of("applied") == [("applied", "", 7)], "acknowledged once"
+    assert h.uplink.of(Applied) == []
+    h.message("s", Applied("s", 6))  # an older generation's word does not count
+    assert h.uplink.of(Applied) == []
+    h.message("s", Applied("s", 7))
+    assert h.uplink.of(Applied) == [Applied("", 7)]
+    h.message("s", Applied("s", 7))
+    assert h.uplink.of(Applied) == [Applied("", 7)], "acknowledged once"
 
 
 def test_a_supervisor_child_that_exits_while_applying_counts_as_done():
     h = Harness(two_level()).begin()
-    h.message("s", ("ready", "s"))
-    h.command(("apply", two_level(x_args={"v": 2}), TREE, 3))
-    assert h.uplink.of("applied") == []
+    h.message("s", Ready("s"))
+    h.command(ApplyCommand(two_level(x_args={"v": 2}), TREE, 3))
+    assert h.uplink.of(Applied) == []
     h.exit("s", 1)  # it restarts with the spec it was handed, or not at all
-    assert h.uplink.of("applied") == [("applied", "", 3)]
+    assert h.uplink.of(Applied) == [Applied("", 3)]
 
 
 def test_reload_replaces_removes_and_adds_touching_nothing_else():
@@ -555,7 +545,7 @@ def test_reload_replaces_removes_and_adds_touching_nothing_else():
     pids = {path: h.process(path).pid for path in "abcd"}
     h.reset()
     new = root(worker("a"), worker("b", args={"v": 2}), worker("d"), worker("e"))
-    h.command(("apply", new, TREE, 1))
+    h.command(ApplyCommand(new, TREE, 1))
     assert h.starter.terms() == ["c"], "stops in reverse old order: c (removed), then b (replaced)"
     h.obey()
     assert h.starter.terms() == ["c", "b"]
@@ -563,21 +553,21 @@ def test_reload_replaces_removes_and_adds_touching_nothing_else():
     assert [h.process(path).pid for path in "ad"] == [pids["a"], pids["d"]]
     assert [slot.spec.name for slot in h.sup.slots] == ["a", "b", "d", "e"]
     assert h.slot("b").restarts == 1
-    assert h.uplink.of("applied") == [("applied", "", 1)]
+    assert h.uplink.of(Applied) == [Applied("", 1)]
 
 
 def test_reload_queued_behind_a_round_waits_for_it():
     h = Harness(abcd(Strategy.ONE_FOR_ALL)).begin()
     h.reset()
     h.exit("a", 1)
-    h.command(("apply", root(worker("a"), worker("b"), worker("c"), strategy=Strategy.ONE_FOR_ALL),
+    h.command(ApplyCommand(root(worker("a"), worker("b"), worker("c"), strategy=Strategy.ONE_FOR_ALL),
                TREE, 1))
     assert h.starter.terms() == ["d"], "the round's first stop; the reload has not begun"
     h.obey()
     assert h.starter.starts == ["a", "b", "c", "d"]
     assert h.starter.terms() == ["d", "c", "b", "d"], "the reload stops d once the round is done"
     assert "d" not in h.starter.live
-    assert h.uplink.of("applied") == [("applied", "", 1)]
+    assert h.uplink.of(Applied) == [Applied("", 1)]
 
 
 # ----- stopping -----------------------------------------------------------------------

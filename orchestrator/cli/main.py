@@ -101,8 +101,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from orchestrator.root import systemd
     from orchestrator.spec.validate import load_tree
 
+    # First: systemd's NOTIFY_SOCKET/WATCHDOG_* are orch's own, never a plugin's or a worker's
+    # (os.environ is what the tree inherits). `--detach` leaves them to the `orch up` it starts.
+    notifier = None if args.detach else systemd.Notifier.take(os.environ, os.getpid())
     tree = load_tree(args.file)
     if args.detach:
         return _up_detached(args.file, tree.name)
@@ -115,7 +119,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from orchestrator.root.root import Root, notify
 
     try:
-        return Root(tree, ready_fd=args.ready_fd, guardian_pid=guardian_pid).run()
+        return Root(tree, ready_fd=args.ready_fd, guardian_pid=guardian_pid, notifier=notifier).run()
     except (RuntimeFailure, UsageError) as error:
         notify(args.ready_fd, f"failed {error}")
         raise

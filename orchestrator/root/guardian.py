@@ -9,6 +9,14 @@ control-group stop, a shell's SIGHUP to its jobs). When the root exits, however 
 that is left below (helpers that left their worker's session included) before it
 exits with the root's code. The root gets SIGTERM when the guardian dies, reads
 it as "my parent is gone", kills its subtree and sweeps below itself the same way.
+
+As PID 1 of a container's PID namespace the guardian is its init, and this is
+enough: the stop signals are blocked and taken with sigwaitinfo, which works where
+PID 1's default actions do not (a signal without a handler would be dropped), and
+every SIGCHLD reaps all exited children with waitpid(-1), so an orphan reparented
+to PID 1 from outside the root's subtree (the root is the tree's own subreaper) is
+reaped while the root lives, not left a zombie. (systemd's notifications are the
+root's: root/systemd.py.)
 """
 from __future__ import annotations
 

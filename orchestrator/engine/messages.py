@@ -27,6 +27,8 @@ class NodeEvent:
     restarts: int
     started_at: Optional[float]  # wall clock, for display
     failures: int  # exits orch did not cause
+    ready: bool = False  # up: a worker running (READY=1 sent, with `ready = "notify"`), a subtree up
+    status: Optional[str] = None  # the worker's last sd_notify STATUS=
 
 
 @attrs.frozen

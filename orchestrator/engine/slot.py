@@ -7,7 +7,7 @@ import attrs
 
 from orchestrator.engine.loop import Timer
 from orchestrator.engine.states import SETTLED, NodeState
-from orchestrator.spec.model import NodeSpec
+from orchestrator.spec.model import NodeSpec, ReadyMode
 
 if TYPE_CHECKING:  # a type only: the slot records a process, it never starts one
     from orchestrator.engine.spawn import Running
@@ -24,7 +24,11 @@ class Slot:
     restarts: int = 0
     failures: int = 0  # exits orch did not cause, since this slot was created
     stop_requested: bool = False  # we signalled it, so its exit is not a failure
-    ready: bool = False  # a supervisor child has reported its subtree up
+    ready: bool = False  # a supervisor child has reported its subtree up, a notify worker READY=1
+    status: Optional[str] = None  # the worker's last sd_notify STATUS=
+    deadline: float = 0.0  # ready_timeout or watchdog deadline (supervisor's clock), 0 = none
+    deadline_reason: str = ""  # "ready_timeout" or "watchdog"
+    deadline_timer: Optional[Timer] = None
     retry: Optional[Timer] = None
     start_failures: int = 0
     report: Optional[str] = None  # why a supervisor child last gave up
@@ -33,7 +37,16 @@ class Slot:
     retired: bool = False  # replaced or removed by a reload: may finish stopping, never start
 
     @property
+    def waits_for_ready(self) -> bool:
+        """A supervisor reports Ready; a `ready = "notify"` worker sends READY=1."""
+        return self.spec.is_supervisor or self.spec.ready is ReadyMode.NOTIFY
+
+    @property
+    def is_ready(self) -> bool:
+        return self.running is not None and (self.ready or not self.waits_for_ready)
+
+    @property
     def settled(self) -> bool:
         if self.running is None:
             return self.spec.held or self.state in SETTLED
-        return self.ready or not self.spec.is_supervisor
+        return self.ready or not self.waits_for_ready

@@ -10,8 +10,8 @@ from orchestrator.engine.slot import Slot
 class StartSequence:
     """Starts slots one at a time (OTP order).
 
-    A worker counts as started once forked; a supervisor child once it reports
-    its subtree ready, or exits trying. `on_done` runs when the last one is.
+    A worker counts as started once forked (with `ready = "notify"`, once it sends
+    READY=1); a supervisor child once it reports its subtree ready, or exits trying. `on_done` runs when the last one is.
     """
 
     def __init__(self, slots: Iterable[Slot], start: Callable[[Slot], None], on_done: Callable[[], None]) -> None:
@@ -39,7 +39,7 @@ class StartSequence:
         while self._waiting is None and self._queue and not self._finished:
             slot = self._queue.popleft()
             self._start(slot)
-            if slot.spec.is_supervisor and slot.running is not None and not slot.ready:
+            if slot.waits_for_ready and slot.running is not None and not slot.ready:
                 self._waiting = slot
         if self._waiting is None and not self._queue and not self._finished:
             self._finished = True

@@ -11,7 +11,7 @@ import enum
 
 class NodeState(str, enum.Enum):
     PENDING = "pending"  # not started yet: the root has heard nothing of it
-    STARTING = "starting"  # a supervisor whose subtree is not up yet
+    STARTING = "starting"  # a supervisor whose subtree is not up yet, a notify worker before READY=1
     RUNNING = "running"
     STOPPING = "stopping"  # signalled to stop, not yet reaped
     RESTARTING = "restarting"  # exited; its restart is decided or under way

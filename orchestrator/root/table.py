@@ -19,11 +19,13 @@ class NodeRecord:
     restarts: int = 0
     started_at: Optional[float] = None  # wall clock, for display
     failures: int = 0  # exits orch did not cause
+    ready: bool = False
+    status: Optional[str] = None  # a worker's sd_notify STATUS=
 
     @classmethod
     def of(cls, event: NodeEvent) -> NodeRecord:
         return cls(pid=event.pid, state=event.state, restarts=event.restarts, started_at=event.started_at,
-                   failures=event.failures)
+                   failures=event.failures, ready=event.ready, status=event.status)
 
 
 NOT_STARTED = NodeRecord()

@@ -14,7 +14,7 @@ from orchestrator.spec.model import TreeSpec
 
 def build_rows(tree: TreeSpec, table: Mapping[str, NodeRecord], live: Mapping[int, LiveProcess],
                root_pid: int, root_state: NodeState, root_started: float,
-               being_repaired: AbstractSet[int] = frozenset()) -> List[dict]:
+               being_repaired: AbstractSet[int] = frozenset(), root_ready: bool = True) -> List[dict]:
     """One row per spec node in depth-first spec order, then processes no node claims.
 
     pid/ppid come from the OS snapshot: a pid the root believes in but the OS does
@@ -38,6 +38,9 @@ def build_rows(tree: TreeSpec, table: Mapping[str, NodeRecord], live: Mapping[in
             "failures": entry.failures, "daemon": node.daemon,
             "held": node.held,
             "uptime": round(now - started, 3) if (pid and started) else None,
+            # READY=1 seen (`ready = "notify"`), a worker running, a subtree up; sd_notify STATUS=.
+            "ready": bool(pid) and (entry.ready if node.path else root_ready),
+            "status": entry.status if pid else None,
         })
     _mark_drift(rows)
     return rows + _helpers(rows, live, now, being_repaired)
@@ -78,7 +81,7 @@ def _helpers(rows: List[dict], live: Mapping[int, LiveProcess], now: float,
             # which is not a NodeState.
             "state": NodeState.STOPPING if orphan else (proc.status or "?"), "restarts": 0, "failures": 0,
             "daemon": False, "uptime": round(now - proc.create_time, 3) if proc.create_time else None,
-            "drift": orphan,
+            "drift": orphan, "ready": False, "status": None,
         })
     return helpers
 
@@ -117,7 +120,8 @@ def render_text(tree_name: str, rows: List[dict]) -> str:
         flags = [flag for flag in ("daemon", "held", "drift") if row.get(flag)]
         kind = ", ".join([row["kind"]] + [flag.upper() if flag == "drift" else flag for flag in flags])
         lines.append(f"{label:<{width}}  {_num(row['pid']):>7}  {_num(row['ppid']):>7}  "
-                     f"{row['state']:<10}  {row['restarts']:>8}  {_duration(row['uptime']):>8}  {kind}")
+                     f"{row['state']:<10}  {row['restarts']:>8}  {_duration(row['uptime']):>8}  {kind}"
+                     + (f"  ({row['status']})" if row.get("status") else ""))
     return "\n".join(lines)
 
 

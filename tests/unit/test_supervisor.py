@@ -20,7 +20,7 @@ from orchestrator.engine.loop import Timer
 from orchestrator.engine.messages import (Applied, ApplyCommand, Command, GaveUp, NodeEvent, Ready,
                                           RestartCommand, UpMessage)
 from orchestrator.engine.supervisor import Supervisor
-from orchestrator.spec.model import (Backoff, Intensity, NodeSpec, Restart, StartMethod, Strategy,
+from orchestrator.spec.model import (Backoff, Intensity, NodeSpec, ReadyMode, Restart, StartMethod, Strategy,
                                      TreeContext)
 
 TREE = TreeContext(name="t", start_method=StartMethod.FORK, plugins=())
@@ -662,3 +662,75 @@ def test_nothing_is_acknowledged_before_any_generation():
     tracker.local_done()
     tracker.child_done("s")
     assert done == []
+
+
+# ----- readiness and watchdog over sd_notify (issue #9) ------------------------------
+
+
+def notifying(path: str, **keys) -> NodeSpec:
+    return worker(path, ready=ReadyMode.NOTIFY, **keys)
+
+
+def notify(h: Harness, path: str, **fields: str) -> None:
+    """The worker at `path` sends an sd_notify datagram (its own pid as the sender)."""
+    h.sup._on_notify(h.process(path).pid, fields)
+
+
+def test_a_notify_worker_holds_back_its_next_sibling_until_ready():
+    h = Harness(root(notifying("a", ready_timeout=5.0), worker("b"))).begin()
+    assert h.starter.starts == ["a"] and h.uplink.states("a") == ["starting"]
+    assert h.uplink.of(Ready) == []
+    notify(h, "a", READY="1")
+    assert h.starter.starts == ["a", "b"]
+    assert h.uplink.states("a") == ["starting", "running"]
+    assert h.uplink.of(NodeEvent)[1].ready is True
+    assert h.uplink.of(Ready) == [Ready("")]
+
+
+def test_a_missed_ready_timeout_aborts_then_kills_and_counts_as_a_failure():
+    h = Harness(root(notifying("a", ready_timeout=2.0, stop_timeout=1.0))).begin()
+    h.loop.advance(1.9)
+    assert h.starter.signals == []
+    h.loop.advance(0.1)
+    assert h.starter.signals == [("a", signal.SIGABRT, False)]
+    h.loop.advance(1.0)  # still there after stop_timeout
+    assert h.starter.signals[-1] == ("a", KILL, True)
+    h.reset()
+    h.exit("a", -KILL)
+    assert h.slot("a").failures == 1 and h.starter.starts == ["a"]
+
+
+def test_extend_timeout_pushes_the_ready_deadline_back():
+    h = Harness(root(notifying("a", ready_timeout=1.0))).begin()
+    h.loop.advance(0.5)
+    notify(h, "a", EXTEND_TIMEOUT_USEC="3000000")  # 3 s from now: until 3.5
+    h.loop.advance(2.9)
+    assert h.starter.signals == []
+    h.loop.advance(0.2)
+    assert h.starter.signals == [("a", signal.SIGABRT, False)]
+
+
+def test_heartbeats_keep_the_watchdog_from_firing_and_silence_aborts():
+    h = Harness(root(notifying("a", watchdog=1.0))).begin()
+    notify(h, "a", READY="1")
+    for _ in range(5):
+        h.loop.advance(0.8)
+        notify(h, "a", WATCHDOG="1")
+    assert h.starter.signals == []
+    assert len(h.loop.pending()) == 1  # one timer per node, whatever the heartbeats
+    h.loop.advance(1.0)
+    assert h.starter.signals == [("a", signal.SIGABRT, False)]
+
+
+def test_status_is_carried_up_and_strangers_are_ignored():
+    h = Harness(root(notifying("a"))).begin()
+    notify(h, "a", STATUS="warming up")
+    assert h.uplink.of(NodeEvent)[-1].status == "warming up"
+    h.sup._on_notify(999999999, {"READY": "1"})  # no such process, none of ours
+    assert h.sup.notify_ignored == 1 and not h.slot("a").ready
+
+
+def test_the_notify_socket_parses_datagrams():
+    from orchestrator.engine.notify import parse
+
+    assert parse(b"READY=1\nSTATUS=a=b\nnoise\n\nWATCHDOG=1") == {"READY": "1", "STATUS": "a=b", "WATCHDOG": "1"}

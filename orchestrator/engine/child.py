@@ -5,6 +5,7 @@ A supervisor process's entry, `supervisor_main`, lives with the supervisor
 """
 from __future__ import annotations
 
+import faulthandler
 import io
 import os
 import signal
@@ -31,6 +32,9 @@ def prepare(tree: TreeContext, node: NodeSpec, parent_pid: int, keep_fds: Iterab
     for signum in osproc.BLOCKED_AROUND_FORK:
         signal.signal(signum, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    # Before die_with_parent: the kernel clears the parent-death signal when the
+    # process's user or group changes.
+    apply_process_env(node)
     osproc.die_with_parent(parent_pid, death_signal)
     # Own process group: the terminal's Ctrl-C reaches only the root, which stops
     # the tree in order; and a worker's helpers can be signalled with the worker.
@@ -39,6 +43,21 @@ def prepare(tree: TreeContext, node: NodeSpec, parent_pid: int, keep_fds: Iterab
         osproc.close_fds_except(keep_fds)
     osproc.set_process_name(f"orch {node.name}")
     titles.set_node_title(tree.name, node.path)
+
+
+def apply_process_env(node: NodeSpec) -> None:
+    """The node's environment, directory and user, resolved at validation (spec/environ.py).
+
+    Applied by supervisors too, so what their children (and `orch.exec`) start inherits it.
+    """
+    os.environ.update(node.env)
+    if node.cwd is not None:
+        os.chdir(node.cwd)
+    if node.uid is not None and node.gid is not None and (os.getuid(), os.getgid()) != (node.uid, node.gid):
+        # Order matters: supplementary groups and gid need root, which setuid gives up.
+        os.initgroups(node.user or str(node.uid), node.gid)
+        os.setgid(node.gid)
+        os.setuid(node.uid)
 
 
 def worker_main(tree: TreeContext, node: NodeSpec, output: Connection, parent_pid: int) -> None:
@@ -53,9 +72,30 @@ def worker_main(tree: TreeContext, node: NodeSpec, output: Connection, parent_pi
     output.close()
     # A text file over fd 1 (typeshed says TextIO, which lacks reconfigure).
     cast(io.TextIOWrapper, sys.stdout).reconfigure(line_buffering=True)
+    # A worker aborted for a missed ready_timeout or watchdog (SIGABRT) shows where it was stuck.
+    faulthandler.enable(file=sys.stderr, all_threads=True)
+    _notify_environment(node)
     osproc.unblock_handled_signals()
     function = _resolve(tree, node)
     function(**node.args)
+
+
+def _notify_environment(node: NodeSpec) -> None:
+    """NOTIFY_SOCKET (and WATCHDOG_USEC/WATCHDOG_PID) pointing at our supervisor, as systemd sets them.
+
+    What the process inherited (systemd's own NOTIFY_SOCKET for orch, say) is replaced:
+    a worker notifies its supervisor, never the service manager above the tree.
+    """
+    from orchestrator.engine.notify import ADDRESS_ENV
+
+    address = os.environ.get(ADDRESS_ENV)
+    for key in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+        os.environ.pop(key, None)
+    if address:
+        os.environ["NOTIFY_SOCKET"] = address
+        if node.watchdog > 0:
+            os.environ["WATCHDOG_USEC"] = str(int(node.watchdog * 1_000_000))
+            os.environ["WATCHDOG_PID"] = str(os.getpid())
 
 
 def _resolve(tree: TreeContext, node: NodeSpec) -> WorkerFn:

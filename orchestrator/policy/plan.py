@@ -14,8 +14,11 @@ from orchestrator.spec.model import NodeSpec
 # Keys whose change needs a new process: the code it runs. Everything else is read
 # by the supervisor when it acts (restart rule, stop budget, intensity...) and is
 # applied in place, keeping the pid.
-RESTART_KEYS = ("worker", "args")
-LIVE_KEYS = ("restart", "daemon", "stop_timeout", "backoff", "strategy", "intensity")
+RESTART_KEYS: Tuple[str, ...] = ("worker", "args", "ready", "ready_timeout", "watchdog")  # sd_notify env is set at start
+# A process's environment, directory and user cannot change in place either.
+RESTART_KEYS += ("env", "cwd", "user", "group")
+# max_memory/memory_check: read by the supervisor at each memory check.
+LIVE_KEYS = ("restart", "daemon", "stop_timeout", "backoff", "strategy", "intensity", "max_memory", "memory_check")
 # `held` (orch stop/start) is live too, but it is the root's, not the file's: the
 # root compares file specs for `orch diff`, and supervisors act on it (plan_reload).
 

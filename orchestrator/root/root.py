@@ -11,6 +11,7 @@ import attrs
 
 from orchestrator.root import livetree
 from orchestrator.root import settle
+from orchestrator.root import systemd
 from orchestrator.engine import osproc
 from orchestrator.spec import source
 from orchestrator.engine import spawn
@@ -21,6 +22,7 @@ from orchestrator.root.control import RunDir
 from orchestrator.root.ctlserver import ControlServer, Deferred
 from orchestrator.errors import EXIT_FAILURE, InvalidInput, Problem
 from orchestrator.engine.loop import Loop
+from orchestrator.engine.notify import DIR_ENV as NOTIFY_DIR_ENV
 from orchestrator.engine.messages import Applied, ApplyCommand, NodeEvent, Ready, RestartCommand, UpMessage
 from orchestrator.engine.output import log
 from orchestrator.engine.states import LIVE, NodeState
@@ -50,7 +52,7 @@ class Root:
     """Runs the tree's root supervisor in this process and answers the control socket."""
 
     def __init__(self, tree: TreeSpec, ready_fd: Optional[int] = None,
-                 guardian_pid: Optional[int] = None) -> None:
+                 guardian_pid: Optional[int] = None, notifier: Optional[systemd.Notifier] = None) -> None:
         self.tree = tree
         self.table: Dict[str, NodeRecord] = {}  # by node path; the root itself is not in it
         self.started_at = time.time()
@@ -72,6 +74,10 @@ class Root:
         self.waits = settle.Waits(self.loop, self.rows)  # deferred replies, answered once settled
         # Requests answered, by command (others under "other": clients choose no keys), for `ping`.
         self.requests: Counter[str] = Counter()
+        # systemd's notify socket, when `orch up` runs as a Type=notify service (root/systemd.py).
+        self.notifier = notifier
+        self._reload_settling: Optional[Deferred] = None  # READY=1 once the reload has settled
+        self.supervisor.on_stop = self._stopping
 
     def _known_children(self) -> Set[int]:
         """Our own children: node processes and multiprocessing's resource tracker."""
@@ -82,10 +88,13 @@ class Root:
     def run(self) -> int:
         """Run until stopped; 0 after a clean stop, 1 when the tree gave up."""
         self.run_dir.acquire()
+        # Every supervisor of the tree binds its sd_notify socket here (inherited, fork or spawn).
+        os.environ[NOTIFY_DIR_ENV] = str(self.run_dir.path)
         titles.set_node_title(self.tree.name, "")
         try:
             self._server = ControlServer(self.loop, self.run_dir.socket_path, self.handle)
             self.orphans.start()
+            self._watchdog()
             code = self.supervisor.run()
         finally:
             self.orphans.finish()
@@ -150,7 +159,8 @@ class Root:
             if other.startswith(prefix) and entry.pid is not None:
                 osproc.send(entry.pid, signal.SIGKILL, group=True)
                 # Replacing a value while iterating is fine: the keys stay the same.
-                self.table[other] = attrs.evolve(entry, pid=None, state=NodeState.STOPPED, started_at=None)
+                self.table[other] = attrs.evolve(entry, pid=None, state=NodeState.STOPPED, started_at=None,
+                                                 ready=False, status=None)
 
     def _ready(self, path: str) -> None:
         if path:
@@ -160,6 +170,8 @@ class Root:
             f"(`orch tree {self.tree.name}` to look, Ctrl-C or `orch down {self.tree.name}` to stop)")
         notify(self._ready_fd, f"ready {os.getpid()}")
         self._ready_fd = None
+        if self.notifier is not None:
+            self.notifier.ready()
 
     def _applied(self, path: str, generation: int) -> None:
         if not path:
@@ -182,7 +194,9 @@ class Root:
                     "stop_budget": self.tree.root.stop_budget(), "generation": self.generation,
                     "applied": self.applied_generation,
                     "refused": self._server.stats() if self._server else {},
-                    "requests": dict(self.requests), "waiting": len(self.waits)}
+                    "requests": dict(self.requests), "waiting": len(self.waits),
+                    # sd_notify datagrams to the root's socket from a pid none of its workers own
+                    "notify_ignored": self.supervisor.notify_ignored}
         if command == "tree":
             return {"ok": True, "tree": self.tree.name, "file": self.tree.file, "nodes": self.rows()}
         if command == "wait":
@@ -248,6 +262,7 @@ class Root:
 
     def _apply(self, new: TreeSpec) -> None:
         log(f"reloading tree {new.name!r} from {new.file}")
+        self._systemd_reloading()
         self.tree = new
         self._supervisor_paths |= {node.path for node in new.nodes() if node.is_supervisor}
         paths = {node.path for node in new.nodes()}
@@ -255,6 +270,47 @@ class Root:
         for path in [path for path in self.table if path not in paths]:
             del self.table[path]
         self._send_spec()
+
+    # ----- systemd (root/systemd.py): each a no-op without NOTIFY_SOCKET -----
+
+    def _watchdog(self) -> None:
+        """WATCHDOG=1 now and every half WATCHDOG_USEC, from the loop: a stuck loop stops it."""
+        if self.notifier is None or self.notifier.watchdog_interval is None:
+            return
+        self.notifier.watchdog()
+        self.loop.call_later(self.notifier.watchdog_interval, self._watchdog)
+
+    def _stopping(self) -> None:
+        if self.notifier is not None:
+            self.notifier.stopping()
+        if self._reload_settling is not None:
+            deferred, self._reload_settling = self._reload_settling, None
+            deferred.abandon()  # no READY=1 after STOPPING=1
+
+    def _systemd_reloading(self) -> None:
+        """RELOADING=1 now; READY=1 once the tree has settled on the new spec (or at the
+        deadline a `wait` has). A reload during one waits with it for the latest spec."""
+        if self.notifier is None:
+            return
+        self.notifier.reloading()
+        if self._reload_settling is not None:
+            return
+        timeout = settle.wait_timeout(self, {})
+        deferred = self._reload_settling = self.waits.add(settle.SettleWait(self, timeout))
+
+        def settled(reply: dict) -> None:
+            deadline.cancel()
+            if self._reload_settling is deferred:
+                self._reload_settling = None
+                if self.notifier is not None and not self.supervisor.stopping:
+                    self.notifier.ready()
+
+        def expired() -> None:
+            deferred.abandon()  # closes the wait
+            settled({})
+
+        deadline = self.loop.call_later(timeout, expired)
+        deferred.attach(settled)
 
     def _send_spec(self) -> None:
         """Hand the root supervisor the effective spec: the file's, plus our holds."""
@@ -319,7 +375,7 @@ class Root:
         state = NodeState.STOPPING if self.supervisor.stopping else NodeState.RUNNING
         live = livetree.snapshot(os.getpid())
         return view.build_rows(self.tree.with_holds(self.held), self.table, live, os.getpid(), state, self.started_at,
-                               self.orphans.drifting())
+                               self.orphans.drifting(), root_ready=self.supervisor.is_ready)
 
 
 def _waits(request: dict) -> bool:

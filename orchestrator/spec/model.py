@@ -7,6 +7,13 @@ from typing import Any, Iterator, Mapping, Optional, Tuple
 import attrs
 
 
+class ReadyMode(enum.Enum):
+    """When a worker counts as started: once its process runs, or on its sd_notify READY=1."""
+
+    STARTED = "started"
+    NOTIFY = "notify"
+
+
 class StartMethod(enum.Enum):
     FORK = "fork"
     SPAWN = "spawn"
@@ -53,6 +60,10 @@ DEFAULT_INTENSITY = Intensity(max_restarts=3, within=5.0)
 DEFAULT_STOP_TIMEOUT = 5.0
 DEFAULT_BACKOFF = Backoff(initial=0.1, cap=5.0)
 DEFAULT_START_METHOD = StartMethod.FORK
+DEFAULT_MEMORY_CHECK = 5.0  # seconds between RSS checks of `max_memory` nodes
+DEFAULT_READY = ReadyMode.STARTED
+DEFAULT_READY_TIMEOUT = 30.0
+DEFAULT_WATCHDOG = 0.0  # off
 # Slack a supervisor gets on top of its children's stop budgets to unwind itself.
 SUPERVISOR_STOP_SLACK = 1.0
 
@@ -77,7 +88,21 @@ class NodeSpec:
     intensity: Intensity = DEFAULT_INTENSITY
     backoff: Backoff = DEFAULT_BACKOFF
     replicas: Optional[int] = None  # set on each `name#i` instance of a replicated worker
+    # The process environment, fully resolved along the path at validation, so a
+    # node's process only applies it: `env` (tree-file keys merged root to node,
+    # env_file under env), `cwd` (absolute), `user`/`group` names and their ids.
+    env: Mapping[str, str] = attrs.field(factory=dict)
+    cwd: Optional[str] = None
+    user: Optional[str] = None
+    group: Optional[str] = None
+    uid: Optional[int] = None
+    gid: Optional[int] = None
+    max_memory: Optional[int] = None  # bytes of RSS (a supervisor: of its whole subtree)
+    memory_check: float = DEFAULT_MEMORY_CHECK  # supervisors: seconds between checks of their children
     held: bool = False  # stopped by `orch stop`; set by the root, never by the file
+    ready: ReadyMode = DEFAULT_READY  # workers: when the process counts as started
+    ready_timeout: float = DEFAULT_READY_TIMEOUT  # seconds to send READY=1 (ready = "notify")
+    watchdog: float = DEFAULT_WATCHDOG  # seconds between WATCHDOG=1 once ready; 0 = off
 
     @property
     def is_supervisor(self) -> bool:

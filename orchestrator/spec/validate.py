@@ -12,13 +12,18 @@ from orchestrator.spec import source
 from orchestrator.errors import InvalidInput, Problem
 from orchestrator.spec.resolve import CatalogLoader
 from orchestrator.spec.source import KeyPath, SourceMap
+from orchestrator.spec import environ
+from orchestrator.spec.environ import ENV_KEYS, ProcessEnv
 from orchestrator.spec.values import CHECKS, Bad, describe, did_you_mean, name_problem, start_method
 from orchestrator.spec.model import (
     DEFAULT_BACKOFF,
     DEFAULT_INTENSITY,
+    DEFAULT_READY,
+    DEFAULT_READY_TIMEOUT,
     DEFAULT_RESTART,
     DEFAULT_START_METHOD,
     DEFAULT_STRATEGY,
+    DEFAULT_WATCHDOG,
     Backoff,
     Intensity,
     NodeSpec,
@@ -29,11 +34,12 @@ from orchestrator.spec.model import (
 MAX_DEPTH = 32
 
 _MODULE = re.compile(r"[^\W\d]\w*(\.[^\W\d]\w*)*")
-_COMMON_KEYS = frozenset({"name", "restart", "daemon", "stop_timeout", "description", "backoff", "backoff_max"})
-_SUPERVISOR_ONLY = frozenset({"children", "strategy", "max_restarts", "within"})
-_WORKER_ONLY = frozenset({"worker", "args", "replicas"})
+_COMMON_KEYS = frozenset({"name", "restart", "daemon", "stop_timeout", "description", "backoff", "backoff_max",
+                          "max_memory"}) | ENV_KEYS
+_SUPERVISOR_ONLY = frozenset({"children", "strategy", "max_restarts", "within", "memory_check"})
+_WORKER_ONLY = frozenset({"worker", "args", "replicas", "ready", "ready_timeout", "watchdog"})
 _ROOT_ONLY = frozenset({"start_method", "plugins"})
-_ROOT_KEYS = _ROOT_ONLY | _SUPERVISOR_ONLY | {"name", "stop_timeout", "description"}
+_ROOT_KEYS = _ROOT_ONLY | _SUPERVISOR_ONLY | {"name", "stop_timeout", "description"} | ENV_KEYS
 _ALLOWED = {
     "root": _ROOT_KEYS,
     "supervisor": _COMMON_KEYS | _SUPERVISOR_ONLY,
@@ -81,13 +87,14 @@ class _At:
     keys: KeyPath
     path: str
     depth: int
+    process: ProcessEnv = attrs.Factory(ProcessEnv)  # what the node inherits (env, cwd, user)
 
     def child(self, index: int, data: Mapping[str, Any]) -> "_At":
         name = data.get("name")
         # A bad name cannot label the node, so fall back to its position.
         label = name if isinstance(name, str) and not name_problem(name) else f"children[{index}]"
         path = f"{self.path}/{label}" if self.path else label
-        return _At(self.keys + ("children", index), path, self.depth + 1)
+        return _At(self.keys + ("children", index), path, self.depth + 1, self.process)
 
 
 @attrs.frozen
@@ -173,12 +180,25 @@ class _Validator:
         before = len(self.problems)
         self._check_keys(data, at, kind)
         values = self._values(data, at, _ALLOWED[kind])
+        at = self._process_env(data, at, kind)
         children = self._children(data, at) if _has_children(data, kind) else ()
         if kind == "worker" and "worker" in values and ("args" in values or "args" not in data):
             self.uses.append(_WorkerUse(at, values["worker"], values.get("args", {})))
         if len(self.problems) > before:
             return None
-        return _make_node(at.path, values, children)
+        limits = {key: values[key] for key in ("max_memory", "memory_check") if key in values}
+        return attrs.evolve(_make_node(at.path, values, children), **at.process.fields(), **limits)
+
+    def _process_env(self, data: Mapping[str, Any], at: _At, kind: Optional[str]) -> _At:
+        """`at` carrying the node's effective env/cwd/user, which its children inherit."""
+        def report(keys: KeyPath, message: str) -> None:
+            self.add(at.keys + keys, at.path, message)
+
+        process = environ.resolve(data, at.process, self.base_dir, report)
+        if kind == "supervisor" and process.uid is not None and process.dropped_by is None:
+            # A supervisor process switches user itself; its subtree cannot switch again.
+            process = attrs.evolve(process, dropped_by=at.path)
+        return attrs.evolve(at, process=process)
 
     def _check_keys(self, data: Mapping[str, Any], at: _At, kind: Optional[str]) -> None:
         allowed = _ALLOWED[kind]
@@ -299,6 +319,9 @@ def _make_node(path: str, values: Mapping[str, Any], children: Tuple[NodeSpec, .
         strategy=values.get("strategy", DEFAULT_STRATEGY),
         intensity=intensity,
         replicas=values.get("replicas"),
+        ready=values.get("ready", DEFAULT_READY),
+        ready_timeout=values.get("ready_timeout", DEFAULT_READY_TIMEOUT),
+        watchdog=values.get("watchdog", DEFAULT_WATCHDOG),
         backoff=Backoff(
             initial=values.get("backoff", DEFAULT_BACKOFF.initial),
             cap=values.get("backoff_max", DEFAULT_BACKOFF.cap),

@@ -7,7 +7,7 @@ import math
 import re
 from typing import Any, Callable, Dict, Optional
 
-from orchestrator.spec.model import Restart, StartMethod, Strategy
+from orchestrator.spec.model import ReadyMode, Restart, StartMethod, Strategy
 
 NAME = re.compile(r"[A-Za-z0-9_.-]+")
 # A name is also a directory and file name (run directory, titles, log files):
@@ -141,6 +141,24 @@ def _replicas(key: str, value: Any) -> int:
     return value
 
 
+_MEMORY = re.compile(r"(\d+)\s*(B|KB|MB|GB)?", re.IGNORECASE)
+_UNITS = {"B": 1, "KB": 1024, "MB": 1024 ** 2, "GB": 1024 ** 3}
+
+
+def _memory(key: str, value: Any) -> int:
+    """Bytes: an integer, or a string such as "512KB", "10MB", "1GB" (powers of 1024)."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise Bad(f'{key!r} must be a number of bytes or a string like "512MB", got {describe(value)}')
+    if isinstance(value, str):
+        match = _MEMORY.fullmatch(value.strip())
+        if not match:
+            raise Bad(f'{key!r} must be a size like "512KB", "10MB" or "1GB", got {describe(value)}')
+        value = int(match.group(1)) * _UNITS[(match.group(2) or "B").upper()]
+    if value <= 0:
+        raise Bad(f"{key!r} must be more than 0 bytes, got {value}")
+    return value
+
+
 def _choice(enum_cls: Any) -> Callable[[str, Any], Any]:
     valid = [member.value for member in enum_cls]
 
@@ -175,5 +193,10 @@ CHECKS: Dict[str, Callable[[str, Any], Any]] = {
     "strategy": _choice(Strategy),
     "max_restarts": _max_restarts,
     "within": _within,
+    "max_memory": _memory,
+    "memory_check": _within,
+    "ready": _choice(ReadyMode),
+    "ready_timeout": _within,
+    "watchdog": _non_negative_seconds,
 }
 

@@ -1,0 +1,119 @@
+"""Idle CPU of orch (root + supervisors) at N workers, with `max_memory` on every node vs none.
+
+    python3 bench/health_idle.py [--n 1000] [--seconds 20] [--check 5]
+
+Starts each tree detached in a private run directory (root -> 10 supervisors -> N/10
+`orch.sleep` workers, fork), lets it settle, then reads the CPU time of the root and
+every supervisor with psutil over the window; prints CPU % of one core for each case.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import psutil
+
+GROUPS = 10
+
+
+def tree(name: str, n: int, limits: bool, check: float, supervisors: bool = True) -> str:
+    lines = [f'name = "{name}"', f"memory_check = {check}" if limits else ""]
+    for group in range(GROUPS):
+        lines += ["[[children]]", f'name = "g{group}"']
+        lines += ['max_memory = "100GB"'] if limits and supervisors else []
+        lines += [f"memory_check = {check}"] if limits else []
+        lines += ["  [[children.children]]", '  name = "w"', '  worker = "orch.sleep"',
+                  f"  replicas = {n // GROUPS}"] + (['  max_memory = "1GB"'] if limits else [])
+    return "\n".join(lines) + "\n"
+
+
+def orch(env: Dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "orchestrator", *args], env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def cpu_seconds(procs: List[psutil.Process]) -> float:
+    total = 0.0
+    for proc in procs:
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def check_cost(nodes: List[dict], supervisors: bool, repeat: int = 20) -> float:
+    """Seconds the checks of one `memory_check` round take, run here the way each supervisor runs them."""
+    from orchestrator.engine.memory import group_rss
+
+    rounds = []
+    for sup in (node for node in nodes if node["kind"] == "supervisor"):
+        below = [node for node in nodes if node["kind"] in ("worker", "supervisor") and node["pid"]
+                 and node["parent"] == sup["path"]]
+        groups: Dict[int, object] = {}
+        for child in below:
+            if child["kind"] == "worker":
+                groups[child["pid"]] = child["path"]
+            elif supervisors:
+                for node in nodes:
+                    if node["pid"] and (node is child or node["path"].startswith(child["path"] + "/")):
+                        groups[node["pid"]] = child["path"]
+        if groups:
+            rounds.append(groups)
+    start = time.perf_counter()
+    for _ in range(repeat):
+        for groups in rounds:
+            group_rss(groups)
+    return (time.perf_counter() - start) / repeat
+
+
+def measure(n: int, limits: bool, seconds: float, check: float, supervisors: bool = True) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, ORCH_RUN_DIR=tmp)
+        name = ("idle-limits" if supervisors else "idle-workers") if limits else "idle-plain"
+        file = Path(tmp) / "tree.toml"
+        file.write_text(tree(name, n, limits, check, supervisors))
+        started = orch(env, "up", str(file), "--detach")
+        if started.returncode != 0:
+            raise SystemExit(f"orch up failed: {started.stdout}{started.stderr}")
+        try:
+            nodes = json.loads(orch(env, "tree", "--json", name).stdout)
+            pids = [node["pid"] for node in nodes if node["kind"] == "supervisor" and node["pid"]]
+            procs = [psutil.Process(pid) for pid in pids]
+            time.sleep(2.0)  # settle after bring-up
+            before, at = cpu_seconds(procs), time.monotonic()
+            time.sleep(seconds)
+            used, elapsed = cpu_seconds(procs) - before, time.monotonic() - at
+            if limits:
+                cost = check_cost(nodes, supervisors)
+                print(f"  one check round of every supervisor: {cost * 1000:.1f} ms of CPU, "
+                      f"{100 * cost / check:.3f}% of a core at memory_check = {check:g}")
+            return 100.0 * used / elapsed
+        finally:
+            orch(env, "down", name)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--check", type=float, default=5.0)
+    args = parser.parse_args()
+    cases = ((False, True, "no max_memory"),
+             (True, True, f"max_memory on every node, memory_check = {args.check:g}"),
+             (True, False, f"max_memory on every worker only, memory_check = {args.check:g}"))
+    for limits, supervisors, label in cases:
+        percent = measure(args.n, limits, args.seconds, args.check, supervisors)
+        print(f"N={args.n} {label}: orch (root + {GROUPS} supervisors) idle CPU {percent:.3f}% of a core")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,13 +1,17 @@
 """The OS's view of a running tree: a psutil snapshot of the root and its descendants."""
 from __future__ import annotations
 
+import os
 import time
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 
 import attrs
 import psutil
 
 _ATTRS = ["pid", "ppid", "status", "create_time", "name"]
+# Read in the same pass (psutil's oneshot: cpu_times comes from the /proc/PID/stat already
+# read for the attributes above; memory_info adds /proc/PID/statm).
+_USAGE = ["memory_info", "cpu_times"]
 
 
 @attrs.frozen
@@ -17,24 +21,68 @@ class LiveProcess:
     status: Optional[str]
     create_time: Optional[float]
     name: Optional[str]
+    rss: Optional[int] = None  # bytes
+    cpu: Optional[float] = None  # user + system CPU seconds so far
+    pgid: Optional[int] = None
 
 
 def snapshot(root_pid: int) -> Dict[int, LiveProcess]:
     """Every live process at or below `root_pid`, read in one pass over /proc."""
-    by_pid: Dict[int, LiveProcess] = {}
-    for proc in psutil.process_iter(_ATTRS, ad_value=None):
+    by_pid: Dict[int, dict] = {}
+    for proc in psutil.process_iter(_ATTRS + _USAGE, ad_value=None):
         info = proc.info
-        by_pid[info["pid"]] = LiveProcess(**{key: info[key] for key in _ATTRS})
+        by_pid[info["pid"]] = info
     children: Dict[Optional[int], List[int]] = {}
-    for live in by_pid.values():
-        children.setdefault(live.ppid, []).append(live.pid)
+    for info in by_pid.values():
+        children.setdefault(info["ppid"], []).append(info["pid"])
     found: Dict[int, LiveProcess] = {}
     stack = [root_pid] if root_pid in by_pid else []
     while stack:
         pid = stack.pop()
-        found[pid] = by_pid[pid]
+        found[pid] = _live(by_pid[pid])
         stack.extend(children.get(pid, ()))
     return found
+
+
+def _live(info: dict) -> LiveProcess:
+    memory, times = info["memory_info"], info["cpu_times"]
+    try:
+        pgid: Optional[int] = os.getpgid(info["pid"])
+    except OSError:
+        pgid = None
+    return LiveProcess(**{key: info[key] for key in _ATTRS},
+                       rss=memory.rss if memory is not None else None,
+                       cpu=times.user + times.system if times is not None else None, pgid=pgid)
+
+
+class CpuMeter:
+    """CPU percent of one core since the previous sample, as psutil's
+    `cpu_percent(interval=None)` measures it: None on a process's first sample.
+
+    Keeps (CPU seconds, monotonic time) per (pid, create_time) from the last sample;
+    processes gone since are forgotten at the next sample.
+    """
+
+    def __init__(self) -> None:
+        self._last: Dict[Tuple[int, Optional[float]], Tuple[float, float]] = {}
+
+    def percents(self, live: Mapping[int, LiveProcess], sample: bool = True) -> Dict[int, Optional[float]]:
+        """pid -> percent for every process in `live`; `sample` makes this the new baseline."""
+        now = time.monotonic()
+        percents: Dict[int, Optional[float]] = {}
+        current: Dict[Tuple[int, Optional[float]], Tuple[float, float]] = {}
+        for proc in live.values():
+            percents[proc.pid] = None
+            if proc.cpu is None:
+                continue
+            key = (proc.pid, proc.create_time)
+            current[key] = (proc.cpu, now)
+            previous = self._last.get(key)
+            if previous is not None and now > previous[1]:
+                percents[proc.pid] = round(max(0.0, proc.cpu - previous[0]) / (now - previous[1]) * 100, 1)
+        if sample:
+            self._last = current
+        return percents
 
 
 def is_gone(pid: int, create_time: Optional[float] = None) -> bool:

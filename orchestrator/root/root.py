@@ -71,6 +71,7 @@ class Root:
         self.generation = 0  # of the last spec handed down; `applied` once all of it is done
         self.applied_generation = 0
         self.supervisor.on_hangup = self._reload_from_file
+        self.cpu_meter = livetree.CpuMeter()  # `cpu` in `orch tree`: percent since the last `tree`
         self.waits = settle.Waits(self.loop, self.rows)  # deferred replies, answered once settled
         # Requests answered, by command (others under "other": clients choose no keys), for `ping`.
         self.requests: Counter[str] = Counter()
@@ -198,7 +199,7 @@ class Root:
                     # sd_notify datagrams to the root's socket from a pid none of its workers own
                     "notify_ignored": self.supervisor.notify_ignored}
         if command == "tree":
-            return {"ok": True, "tree": self.tree.name, "file": self.tree.file, "nodes": self.rows()}
+            return {"ok": True, "tree": self.tree.name, "file": self.tree.file, "nodes": self.rows(sample=True)}
         if command == "wait":
             return self.waits.add(settle.SettleWait(self, settle.wait_timeout(self, request)))
         if command == "down":
@@ -371,11 +372,14 @@ class Root:
             return f"{path} is held (stopped by `orch stop {path}`); start it with `orch start {path}`"
         return None
 
-    def rows(self) -> List[dict]:
+    def rows(self, sample: bool = False) -> List[dict]:
+        """The tree's rows; `sample` (a `tree` request) makes this snapshot the CPU
+        baseline the next one is measured against."""
         state = NodeState.STOPPING if self.supervisor.stopping else NodeState.RUNNING
         live = livetree.snapshot(os.getpid())
         return view.build_rows(self.tree.with_holds(self.held), self.table, live, os.getpid(), state, self.started_at,
-                               self.orphans.drifting(), root_ready=self.supervisor.is_ready)
+                               self.orphans.drifting(), root_ready=self.supervisor.is_ready,
+                               cpu=self.cpu_meter.percents(live, sample=sample))
 
 
 def _waits(request: dict) -> bool:

@@ -14,14 +14,19 @@ from orchestrator.spec.model import TreeSpec
 
 def build_rows(tree: TreeSpec, table: Mapping[str, NodeRecord], live: Mapping[int, LiveProcess],
                root_pid: int, root_state: NodeState, root_started: float,
-               being_repaired: AbstractSet[int] = frozenset(), root_ready: bool = True) -> List[dict]:
+               being_repaired: AbstractSet[int] = frozenset(), root_ready: bool = True,
+               cpu: Optional[Mapping[int, Optional[float]]] = None) -> List[dict]:
     """One row per spec node in depth-first spec order, then processes no node claims.
 
     pid/ppid come from the OS snapshot: a pid the root believes in but the OS does
-    not have is shown as missing, never as running.
+    not have is shown as missing, never as running. `rss` of a node is its process
+    group's (each node leads its own); `cpu` is percent of one core per pid
+    (`livetree.CpuMeter`), None when not sampled.
     """
+    cpu = cpu or {}
     now = time.time()
     rows = []
+    pids: List[Optional[int]] = []
     for node in tree.nodes():
         entry = table.get(node.path, NOT_STARTED) if node.path else NodeRecord(
             pid=root_pid, state=root_state, started_at=root_started)
@@ -31,6 +36,7 @@ def build_rows(tree: TreeSpec, table: Mapping[str, NodeRecord], live: Mapping[in
         if pid and proc is None:
             state, pid = NodeState.MISSING, None
         started = entry.started_at
+        pids.append(pid)
         rows.append({
             "path": node.path, "name": node.name if node.path else tree.name, "kind": node.kind,
             "parent": _parent(node.path), "pid": pid, "ppid": proc.ppid if proc else None,
@@ -43,7 +49,21 @@ def build_rows(tree: TreeSpec, table: Mapping[str, NodeRecord], live: Mapping[in
             "status": entry.status if pid else None,
         })
     _mark_drift(rows)
-    return rows + _helpers(rows, live, now, being_repaired)
+    group_rss = _group_rss(live)
+    for row, pid in zip(rows, pids):
+        proc = live.get(pid) if pid else None
+        row["rss"] = None if proc is None or proc.rss is None else proc.rss + group_rss.get(proc.pid, 0)
+        row["cpu"] = cpu.get(pid) if pid else None
+    return rows + _helpers(rows, live, now, being_repaired, cpu)
+
+
+def _group_rss(live: Mapping[int, LiveProcess]) -> Dict[int, int]:
+    """pgid -> rss summed over the group's members other than its leader."""
+    totals: Dict[int, int] = {}
+    for proc in live.values():
+        if proc.pgid is not None and proc.pgid != proc.pid and proc.rss is not None:
+            totals[proc.pgid] = totals.get(proc.pgid, 0) + proc.rss
+    return totals
 
 
 def _mark_drift(rows: List[dict]) -> None:
@@ -62,7 +82,7 @@ def _parent(path: str) -> Optional[str]:
 
 
 def _helpers(rows: List[dict], live: Mapping[int, LiveProcess], now: float,
-             being_repaired: AbstractSet[int]) -> List[dict]:
+             being_repaired: AbstractSet[int], cpu: Mapping[int, Optional[float]]) -> List[dict]:
     """Descendants that are not nodes: multiprocessing helpers, processes a worker forked,
     and orphans the root adopted and is stopping (marked as drift)."""
     path_of: Dict[int, str] = {row["pid"]: row["path"] for row in rows if row["pid"]}
@@ -82,6 +102,7 @@ def _helpers(rows: List[dict], live: Mapping[int, LiveProcess], now: float,
             "state": NodeState.STOPPING if orphan else (proc.status or "?"), "restarts": 0, "failures": 0,
             "daemon": False, "uptime": round(now - proc.create_time, 3) if proc.create_time else None,
             "drift": orphan, "ready": False, "status": None,
+            "rss": proc.rss, "cpu": cpu.get(proc.pid),
         })
     return helpers
 
@@ -114,19 +135,38 @@ def render_text(tree_name: str, rows: List[dict]) -> str:
     for root in children.get(None, []):
         walk(root, "", "")
     width = max(len(label) for label, _ in labels)
-    header = f"{'NODE':<{width}}  {'PID':>7}  {'PPID':>7}  {'STATE':<10}  {'RESTARTS':>8}  {'UPTIME':>8}  KIND"
+    header = f"{'NODE':<{width}}  {'PID':>7}  {'PPID':>7}  {'STATE':<10}  {'RESTARTS':>8}  {'UPTIME':>8}  {'RSS':>7}  {'CPU%':>6}  KIND"
     lines = [header]
     for label, row in labels:
         flags = [flag for flag in ("daemon", "held", "drift") if row.get(flag)]
         kind = ", ".join([row["kind"]] + [flag.upper() if flag == "drift" else flag for flag in flags])
         lines.append(f"{label:<{width}}  {_num(row['pid']):>7}  {_num(row['ppid']):>7}  "
-                     f"{row['state']:<10}  {row['restarts']:>8}  {_duration(row['uptime']):>8}  {kind}"
+                     f"{row['state']:<10}  {row['restarts']:>8}  {_duration(row['uptime']):>8}  "
+                     f"{_bytes(row.get('rss')):>7}  {_percent(row.get('cpu')):>6}  {kind}"
                      + (f"  ({row['status']})" if row.get("status") else ""))
     return "\n".join(lines)
 
 
 def _num(value: Optional[int]) -> str:
     return "-" if value is None else str(value)
+
+
+def _bytes(value: Optional[int]) -> str:
+    """12.3M: binary units, one decimal."""
+    if value is None:
+        return "-"
+    if value < 1024:
+        return f"{value}B"
+    amount = float(value)
+    for unit in "KMGT":
+        amount /= 1024
+        if amount < 1024 or unit == "T":
+            break
+    return f"{amount:.1f}{unit}"
+
+
+def _percent(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def _duration(seconds: Optional[float]) -> str:

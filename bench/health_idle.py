@@ -51,7 +51,9 @@ def cpu_seconds(procs: List[psutil.Process]) -> float:
 
 
 def check_cost(nodes: List[dict], supervisors: bool, repeat: int = 20) -> float:
-    """Seconds the checks of one `memory_check` round take, run here the way each supervisor runs them."""
+    """CPU seconds (user + system, of this process) the checks of one `memory_check` round take,
+    run here the way each supervisor runs them: CPU time, not wall time, so other load on the
+    machine does not inflate it."""
     from orchestrator.engine.memory import group_rss
 
     rounds = []
@@ -68,11 +70,11 @@ def check_cost(nodes: List[dict], supervisors: bool, repeat: int = 20) -> float:
                         groups[node["pid"]] = child["path"]
         if groups:
             rounds.append(groups)
-    start = time.perf_counter()
+    start = time.process_time()
     for _ in range(repeat):
         for groups in rounds:
             group_rss(groups)
-    return (time.perf_counter() - start) / repeat
+    return (time.process_time() - start) / repeat
 
 
 def measure(n: int, limits: bool, seconds: float, check: float, supervisors: bool = True) -> float:

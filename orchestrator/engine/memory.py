@@ -3,9 +3,13 @@
 A worker's figure is the RSS sum of its process group (the worker and the helpers
 it forked); a supervisor child's is the sum over the process groups of its whole
 subtree (its own and every node below it, whose pids reach us in their events).
-Group membership comes from getpgid(2) on each pid in /proc (a system call, no file
-read), and RSS from /proc/PID/statm of the members only, so a check costs one
-directory listing plus a system call per process, and one small read per member.
+Members are found by walking down from each group leader (the limited child, or a
+node of its subtree) through /proc/PID/task/TID/children, keeping the descendants
+still in the leader's group; one read of /proc/PID/stat gives a process's group,
+thread count and RSS. A check so costs two small reads per member (more for a
+multi-threaded one), whatever else runs on the machine. A group member orphaned
+by the death of its parent (reparented to the root, the tree's subreaper) is out
+of reach of the walk and no longer counted.
 """
 from __future__ import annotations
 
@@ -21,39 +25,70 @@ Target = Tuple[object, Iterable[int], int]
 
 
 def group_rss(groups: Dict[int, object]) -> Dict[object, int]:
-    """RSS in bytes per owner, summed over the processes whose group leader is in `groups`."""
+    """RSS in bytes per owner, summed over the members of each group whose leader is in `groups`.
+
+    A group's members are its leader and the leader's descendants still in its group,
+    found by walking /proc children files down from the leader (a descendant in another
+    group, such as a setsid helper, is left out, and so is everything below it).
+    """
     totals: Dict[object, int] = {}
-    try:
-        names = os.listdir("/proc")
-    except OSError:
-        return totals
-    for name in names:
-        if not name.isdigit():
-            continue
-        pid = int(name)
-        try:
-            owner = groups.get(os.getpgid(pid))
-        except OSError:
-            continue  # gone meanwhile
-        if owner is None:
-            continue
-        rss = _rss(pid)
-        totals[owner] = totals.get(owner, 0) + rss
+    for leader, owner in groups.items():
+        totals[owner] = totals.get(owner, 0) + _group_rss(leader, groups)
     return totals
 
 
-def _rss(pid: int) -> int:
+def _group_rss(leader: int, leaders: Dict[int, object]) -> int:
+    """RSS of the group led by `leader`; a child in `leaders` (a node below a supervisor
+    child, leading a group of its own) is skipped unread: it is walked as a leader."""
+    total = 0
+    pending = [leader]
+    while pending:
+        pid = pending.pop()
+        stat = _stat(pid)
+        if stat is None or stat[0] != leader:
+            continue  # gone meanwhile, or not (or no longer) in the group
+        _, threads, rss = stat
+        total += rss
+        pending.extend(child for child in _children(pid, threads) if child not in leaders)
+    return total
+
+
+def _read(path: str) -> bytes:
     try:
-        fd = os.open(f"/proc/{pid}/statm", os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
-        return 0
+        return b""
     try:
-        fields = os.read(fd, 256).split()
+        return os.read(fd, 4096)
     except OSError:
-        return 0
+        return b""
     finally:
         os.close(fd)
-    return int(fields[1]) * PAGE_SIZE if len(fields) > 1 else 0
+
+
+def _stat(pid: int) -> Optional[Tuple[int, int, int]]:
+    """(process group, thread count, RSS in bytes) of `pid` from one read of /proc/PID/stat."""
+    # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
+    fields = _read(f"/proc/{pid}/stat").rpartition(b")")[2].split()
+    if len(fields) < 22:
+        return None
+    # fields[0] is field 3 (state): pgrp is field 5, num_threads 20, rss 24 (pages).
+    return int(fields[2]), int(fields[17]), int(fields[21]) * PAGE_SIZE
+
+
+def _children(pid: int, threads: int) -> List[int]:
+    """Children of `pid`: each thread lists the children it forked, so a single-threaded
+    process needs one read and only a multi-threaded one a listing of its threads."""
+    if threads <= 1:
+        return [int(field) for field in _read(f"/proc/{pid}/task/{pid}/children").split()]
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    found: List[int] = []
+    for tid in tids:
+        found.extend(int(field) for field in _read(f"/proc/{pid}/task/{tid}/children").split())
+    return found
 
 
 class MemoryWatch:

@@ -396,7 +396,7 @@ def test_a_killed_worker_is_replaced_in_time_while_the_socket_is_abused(tree, or
     hoard_size, reader_count, in_full_swing = ABUSES[kind]
     abuser = start_abuse(orch_env, 20, hoard_size, reader_count)
     try:
-        wait_for(lambda: in_full_swing(root.refused()), 10, "the abuse to be in full swing")
+        wait_for(lambda: in_full_swing(root.refused()), 30, "the abuse to be in full swing")
         root.assert_bounded("under abuse")
         others = {child.pid for child in root.proc.children()}
         killed_at = time.monotonic()
@@ -426,7 +426,7 @@ def test_orch_down_gets_through_a_flood_of_connections(tree, orch_env):
     hoard_size, reader_count, in_full_swing = ABUSES["hoarding"]
     abuser = start_abuse(orch_env, 20, hoard_size, reader_count)
     try:
-        wait_for(lambda: in_full_swing(root.refused()), 10, "the abuse to be in full swing")
+        wait_for(lambda: in_full_swing(root.refused()), 30, "the abuse to be in full swing")
         result = run_orch("down", NAME, env=orch_env, timeout=30)
         assert result.returncode == 0, result.stderr
         wait_for(lambda: not root.proc.is_running() or root.proc.status() == psutil.STATUS_ZOMBIE, 10,

@@ -45,10 +45,10 @@ def ready_times(log: Path):
 
 
 def test_never_ready_worker_is_aborted_and_restarted_as_a_failure(orch_tree):
-    tree = orch_tree(HEAD + node("stuck", "n.never_ready", ready="notify", ready_timeout=0.7, stop_timeout=1.0)
+    tree = orch_tree(HEAD + node("stuck", "n.never_ready", ready="notify", ready_timeout=2.0, stop_timeout=1.0)
                      + node("after", "n.late_ready", ready="notify", delay=0.0, log="/dev/null"), wait=False)
     first = tree.wait_for(lambda: (row(tree, "stuck") or {}).get("pid"), message="stuck started")
-    first_created = psutil.Process(first).create_time()  # it lives >= 0.7 s
+    first_created = psutil.Process(first).create_time()  # it lives >= 2 s, even on a loaded machine
     assert row(tree, "stuck")["state"] == "starting" and row(tree, "stuck")["ready"] is False
     again = tree.wait_for(lambda: (lambda r: r if r and r["pid"] and r["pid"] != first else None)(row(tree, "stuck")),
                           message="stuck restarted")
@@ -61,12 +61,12 @@ def test_never_ready_worker_is_aborted_and_restarted_as_a_failure(orch_tree):
     # The sibling behind it did not start while it was starting (as behind a supervisor child,
     # the line moves on once it has exited trying).
     after = tree.wait_for(lambda: (row(tree, "after") or {}).get("pid"), message="after started")
-    assert psutil.Process(after).create_time() >= first_created + 0.65
+    assert psutil.Process(after).create_time() >= first_created + 1.9
 
 
 def test_late_ready_holds_back_its_next_sibling(orch_tree, tmp_path):
     log = tmp_path / "ready.log"
-    tree = orch_tree(HEAD + node("slow", "n.late_ready", ready="notify", ready_timeout=5.0, delay=0.8,
+    tree = orch_tree(HEAD + node("slow", "n.late_ready", ready="notify", ready_timeout=8.0, delay=2.0,
                                  log=str(log))
                      + node("next", "n.late_ready", ready="notify", delay=0.0, log=str(tmp_path / "next.log")),
                      wait=False)
@@ -74,9 +74,10 @@ def test_late_ready_holds_back_its_next_sibling(orch_tree, tmp_path):
     assert row(tree, "next")["pid"] is None and row(tree, "slow")["state"] == "starting"
     tree.wait_running()
     assert ready_times(log)
-    # Both create times share the kernel's boot-time offset; slow slept 0.8 s before READY=1.
+    # Both create times share the kernel's boot-time offset; slow slept 2 s before READY=1
+    # (long enough that the look above happens before it, even on a loaded machine).
     following = psutil.Process(row(tree, "next")["pid"])
-    assert following.create_time() >= psutil.Process(slow).create_time() + 0.75, \
+    assert following.create_time() >= psutil.Process(slow).create_time() + 1.9, \
         "next started before slow sent READY=1"
     assert row(tree, "slow")["pid"] == slow and row(tree, "slow")["ready"] is True
     assert row(tree, "")["ready"] is True

@@ -15,13 +15,14 @@ from multiprocessing.connection import Connection
 from typing import Callable, Dict, List, Optional, Tuple
 
 from orchestrator.engine import child
-from orchestrator.engine import memory
 from orchestrator.engine import notify
 from orchestrator.engine import osproc
 from orchestrator.engine import spawn
 from orchestrator.engine import streams
 from orchestrator.engine.acks import Acknowledgements
+from orchestrator.engine.health import Health
 from orchestrator.engine.loop import Loop
+from orchestrator.engine.memory_guard import MemoryGuard
 from orchestrator.engine.messages import (Applied, ApplyCommand, Command, GaveUp, NodeEvent, Ready,
                                           UpMessage)
 from orchestrator.engine.operations import Operations
@@ -33,7 +34,7 @@ from orchestrator.engine.uplink import PipeUplink, Uplink
 from orchestrator.engine.watch import ProcessWatch
 from orchestrator.policy import strategy
 from orchestrator.policy.plan import LiveChild, ReloadPlan, plan_reload
-from orchestrator.spec.model import NodeSpec, ReadyMode, Restart, Strategy, TreeContext
+from orchestrator.spec.model import NodeSpec, Restart, Strategy, TreeContext
 
 # A fork that fails (EAGAIN, ENOMEM) is retried from a timer with backoff, so a
 # stop request still gets through while the machine is short of processes.
@@ -61,8 +62,9 @@ class Supervisor:
         self.slots: List[Slot] = [Slot(spec) for spec in node.children]
         self.pacing = RestartPacing(node.intensity, clock)
         self.clock = clock
-        self._notify: Optional[notify.NotifySocket] = None
-        self.notify_ignored = 0  # sd_notify datagrams from a pid that is none of our workers'
+        # Both only observe and report; what follows (signals, restarts) is decided here.
+        self.health = Health(loop, clock, lambda: self.slots, lambda: self.stopping,
+                             self._became_ready, self._emit, self._missed_deadline)
         self.acks = Acknowledgements(lambda generation: self.uplink.send(Applied(self.node.path, generation)))
         self.stopping = False
         self.exit_code = 0
@@ -74,9 +76,7 @@ class Supervisor:
         self._retiring: List[Slot] = []  # removed by a reload, stopping; reaped before we exit
         self._pending: List[Tuple[Slot, int]] = []  # failures seen while busy
         self._ready_sent = False
-        self._memory = memory.MemoryWatch(loop, self._memory_targets, self._over_memory)
-        self._memory_stopped: List[object] = []  # processes stopped for max_memory, not yet reaped
-        self._descendants: Dict[str, int] = {}  # pids of the nodes below our children, from their events
+        self.memory = MemoryGuard(loop, lambda: self.slots, self._over_memory)
 
     # ----- lifecycle -------------------------------------------------------
 
@@ -93,10 +93,17 @@ class Supervisor:
             self.loop.run()
         finally:
             streams.detach()  # the loop closes after this
-            if self._notify is not None:
-                self._notify.close()
-                self._notify = None
+            self.health.close()
         return self.exit_code
+
+    @property
+    def notify_ignored(self) -> int:
+        """sd_notify datagrams from a pid that is none of our workers' (the root's `ping` shows it)."""
+        return self.health.ignored
+
+    def _on_notify(self, pid: int, fields: Dict[str, str]) -> None:
+        """One sd_notify datagram, as the socket would deliver it (unit tests call this)."""
+        self.health.on_notify(pid, fields)
 
     @property
     def is_ready(self) -> bool:
@@ -111,10 +118,10 @@ class Supervisor:
             self.loop.on_signal(signal.SIGHUP, self.on_hangup)
         self.loop.on_signal(osproc.KILL_SUBTREE, self.abandon)
         osproc.unblock_handled_signals()
-        self._open_notify()
+        self.health.open(self._label())
         self.uplink.attach(self)
         self.ops.start([slot for slot in self.slots if not slot.spec.held])
-        self._configure_memory()
+        self.memory.configure(self.node.memory_check)
 
     def child_pids(self) -> List[int]:
         """Pids of our node processes, those being retired by a reload included."""
@@ -146,7 +153,7 @@ class Supervisor:
             return
         self.stopping = True
         self.exit_code = exit_code
-        self._memory.stop()
+        self.memory.stop()
         if self.on_stop is not None:
             self.on_stop()
         if not self.node.path:
@@ -182,11 +189,7 @@ class Supervisor:
         slot.ready = False
         slot.status = None
         slot.state = NodeState.STARTING if slot.waits_for_ready else NodeState.RUNNING
-        if not slot.spec.is_supervisor:
-            if slot.spec.ready is ReadyMode.NOTIFY:
-                self._arm(slot, "ready_timeout", slot.spec.ready_timeout)
-            elif slot.spec.watchdog > 0:
-                self._arm(slot, "watchdog", slot.spec.watchdog)
+        self.health.started(slot)
         self._emit(slot)
 
     def _retry_start(self, slot: Slot, error: OSError) -> None:
@@ -212,14 +215,13 @@ class Supervisor:
         code = self._watch.reap(slot)
         if slot.spec.is_supervisor:  # a SIGKILLed one could not remove its sd_notify socket
             notify.remove_socket_of(slot.running.pid, os.environ.get(notify.DIR_ENV))
-        if any(stopped is slot.running for stopped in self._memory_stopped):
-            self._memory_stopped = [stopped for stopped in self._memory_stopped if stopped is not slot.running]
+        if self.memory.reaped(slot.running):
             code = code or 1  # stopped for max_memory: a failure, however it exited
         self.pacing.exited(slot)
         slot.running = None
         slot.ready = False
         slot.status = None
-        self._disarm(slot)
+        self.health.exited(slot)
         expected, slot.stop_requested = slot.stop_requested, False
         # The sequence hears of the exit after the slot's state is settled: finishing
         # it may start this very slot again.
@@ -351,7 +353,7 @@ class Supervisor:
         self.node, self.tree = node, tree
         self.pacing.intensity = node.intensity
         self.slots = [self._slot_for(spec, old, plan) for spec in node.children]
-        self._configure_memory()
+        self.memory.configure(self.node.memory_check)
         new = {slot.spec.name: slot for slot in self.slots}
         for name in plan.remove + plan.replace:
             old[name].retired = True  # never to be started again: its node is gone or replaced
@@ -392,14 +394,10 @@ class Supervisor:
     def _handle_message(self, slot: Slot, message: UpMessage) -> None:
         """A message from a supervisor child: about the child itself, or forwarded up as is."""
         if isinstance(message, NodeEvent):
-            self._note_descendant(slot, message)
+            self.memory.note(slot, message)
         if message.path == slot.spec.path:
             if isinstance(message, Ready):
-                slot.ready = True
-                slot.state = NodeState.RUNNING
-                self._emit(slot)
-                if not self.ops.started(slot):
-                    self._check_ready()
+                self._became_ready(slot)
                 return
             if isinstance(message, GaveUp):
                 slot.report = message.reason
@@ -421,142 +419,33 @@ class Supervisor:
             slot.status,
         ))
 
-    # ----- max_memory: one timer for every limited child --------------------
+    def _became_ready(self, slot: Slot) -> None:
+        """A supervisor child reported Ready, or a notify worker sent READY=1."""
+        slot.ready = True
+        slot.state = NodeState.RUNNING
+        self._emit(slot)
+        if not self.ops.started(slot):
+            self._check_ready()
 
-    def _configure_memory(self) -> None:
-        limited = any(slot.spec.max_memory is not None for slot in self.slots)
-        self._memory.configure(self.node.memory_check, limited and not self.stopping)
+    # ----- what the memory guard and health report: stop the process -------
 
-    def _note_descendant(self, slot: Slot, event: NodeEvent) -> None:
-        """Remember the pid of each node below `slot` (a supervisor child): its subtree's groups."""
-        if event.path == slot.spec.path:
-            if event.pid is None:  # the subtree is gone
-                prefix = slot.spec.path + "/"
-                self._descendants = {path: pid for path, pid in self._descendants.items()
-                                     if not path.startswith(prefix)}
-        elif event.pid is None:
-            self._descendants.pop(event.path, None)
-        else:
-            self._descendants[event.path] = event.pid
+    def _over_memory(self, slot: Slot, why: str) -> None:
+        log(f"{slot.spec.path}: {why}; stopping it (SIGTERM, SIGKILL after {slot.spec.stop_budget():g}s)")
+        self._terminate(slot, signal.SIGTERM, group=True)
 
-    def _memory_targets(self) -> List[memory.Target]:
-        targets: List[memory.Target] = []
-        for slot in self.slots:
-            running, limit = slot.running, slot.spec.max_memory
-            if running is None or limit is None or slot.stop_requested \
-                    or any(stopped is running for stopped in self._memory_stopped):
-                continue
-            leaders = [running.pid]
-            if slot.spec.is_supervisor:
-                prefix = slot.spec.path + "/"
-                leaders += [pid for path, pid in self._descendants.items() if path.startswith(prefix)]
-            targets.append((slot, leaders, limit))
-        return targets
+    def _missed_deadline(self, slot: Slot, why: str) -> None:
+        log(f"{slot.spec.path}: {why}; aborting it (SIGABRT, SIGKILL after {slot.spec.stop_budget():g}s)")
+        self._terminate(slot, signal.SIGABRT, group=False)
 
-    def _over_memory(self, key: object, rss: int, limit: int) -> None:
-        slot = key if isinstance(key, Slot) else None
-        if slot is None or slot.running is None or self.stopping:
-            return
+    def _terminate(self, slot: Slot, signum: int, group: bool) -> None:
+        """Signal the slot's process, and SIGKILL it if it still runs after its stop budget.
+
+        Its exit is judged like any other (_on_exit), so the restart is decided there.
+        """
         running = slot.running
-        budget = slot.spec.stop_budget()
-        log(f"{slot.spec.path}: memory_limit exceeded: RSS {memory.describe_bytes(rss)} ({rss} bytes) > "
-            f"max_memory {memory.describe_bytes(limit)} ({limit} bytes); stopping it "
-            f"(SIGTERM, SIGKILL after {budget:g}s)")
-        self._memory_stopped.append(running)
-        self.starter.signal(running, signal.SIGTERM)
-        self.loop.call_later(budget, lambda: self._kill_if_over(slot, running))
-
-    def _kill_if_over(self, slot: Slot, running: object) -> None:
-        if slot.running is running and slot.running is not None:
-            self.starter.signal(slot.running, signal.SIGKILL)
-
-    # ----- sd_notify: readiness, watchdog, status from workers -------------
-
-    def _open_notify(self) -> None:
-        try:
-            self._notify = notify.NotifySocket(self.loop, self._on_notify, os.environ.get(notify.DIR_ENV))
-        except OSError as error:
-            log(f"{self._label()}: no sd_notify socket ({error}); `ready = \"notify\"` workers cannot become ready")
-            os.environ.pop(notify.ADDRESS_ENV, None)  # not our parent's: its messages would be ignored
-            return
-        # Our worker processes inherit it (fork or spawn); worker_main makes it NOTIFY_SOCKET.
-        os.environ[notify.ADDRESS_ENV] = self._notify.address
-
-    def _sender(self, pid: int) -> Optional[Slot]:
-        """The worker slot `pid` speaks for: the worker itself or a process in its group."""
-        workers = [slot for slot in self.slots if slot.running is not None and not slot.spec.is_supervisor]
-        for slot in workers:
-            if slot.running is not None and slot.running.pid == pid:
-                return slot
-        try:
-            group = os.getpgid(pid)
-        except OSError:
-            return None  # gone already: we cannot tell whose it was
-        for slot in workers:
-            if slot.running is not None and slot.running.pid == group:
-                return slot
-        return None
-
-    def _on_notify(self, pid: int, fields: Dict[str, str]) -> None:
-        slot = self._sender(pid)
-        if slot is None or slot.running is None:
-            self.notify_ignored += 1
-            return
-        changed = False
-        if "STATUS" in fields:
-            slot.status = fields["STATUS"][:200] or None
-            changed = True
-        if fields.get("READY") == "1" and slot.spec.ready is ReadyMode.NOTIFY and not slot.ready \
-                and slot.state is NodeState.STARTING:
-            slot.ready = True
-            slot.state = NodeState.RUNNING
-            self._disarm(slot)
-            if slot.spec.watchdog > 0:
-                self._arm(slot, "watchdog", slot.spec.watchdog)
-            self._emit(slot)
-            if not self.ops.started(slot):
-                self._check_ready()
-            changed = False
-        if fields.get("WATCHDOG") == "1" and slot.deadline_reason == "watchdog":
-            slot.deadline = self.clock() + slot.spec.watchdog
-        extend = fields.get("EXTEND_TIMEOUT_USEC", "")
-        if extend.isdigit() and slot.deadline_reason == "ready_timeout":
-            slot.deadline = max(slot.deadline, self.clock() + int(extend) / 1_000_000)
-        if changed:
-            self._emit(slot)
-
-    def _arm(self, slot: Slot, reason: str, seconds: float) -> None:
-        """One timer per node; heartbeats only move `slot.deadline`, the timer re-arms itself."""
-        self._disarm(slot)
-        slot.deadline_reason = reason
-        slot.deadline = self.clock() + seconds
-        running = slot.running
-        slot.deadline_timer = self.loop.call_later(seconds, lambda: self._on_deadline(slot, running))
-
-    def _disarm(self, slot: Slot) -> None:
-        if slot.deadline_timer is not None:
-            slot.deadline_timer.cancel()
-        slot.deadline_timer = None
-        slot.deadline_reason = ""
-        slot.deadline = 0.0
-
-    def _on_deadline(self, slot: Slot, running: object) -> None:
-        if slot.running is not running or slot.running is None or not slot.deadline_reason:
-            return
-        if slot.stop_requested or self.stopping:
-            return  # already on its way out, on orch's own stop budget
-        left = slot.deadline - self.clock()
-        if left > 0:
-            slot.deadline_timer = self.loop.call_later(left, lambda: self._on_deadline(slot, running))
-            return
-        reason = slot.deadline_reason
-        limit = slot.spec.ready_timeout if reason == "ready_timeout" else slot.spec.watchdog
-        self._disarm(slot)
-        log(f"{slot.spec.path}: {reason} missed (no {'READY=1' if reason == 'ready_timeout' else 'WATCHDOG=1'} "
-            f"within {limit:g}s); aborting it (SIGABRT, SIGKILL after {slot.spec.stop_budget():g}s)")
-        target = slot.running
-        self.starter.signal(target, signal.SIGABRT, group=False)
-        self.loop.call_later(slot.spec.stop_budget(), lambda: self._kill_if_alive(slot, target))
+        assert running is not None
+        self.starter.signal(running, signum, group=group)
+        self.loop.call_later(slot.spec.stop_budget(), lambda: self._kill_if_alive(slot, running))
 
     def _kill_if_alive(self, slot: Slot, running: object) -> None:
         if slot.running is running and slot.running is not None:

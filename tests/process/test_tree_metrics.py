@@ -32,7 +32,9 @@ def test_rss_counts_what_a_worker_holds(orch_tree):
     '''))
     nodes = tree.wait_for(lambda: (lambda n: n if n["big"]["rss"] >= 50 * MB else None)(by_path(tree.nodes())),
                           message="big's rss reaching 50 MB")
-    assert nodes["idle"]["rss"] is not None and 0 < nodes["idle"]["rss"] <= nodes["big"]["rss"] - 40 * MB, nodes
+    # A forked worker's RSS also counts the pages it shares with the root (~20 MB here), so
+    # the idle one is not near zero: what matters is that the 50 MB hog shows as a difference.
+    assert nodes["idle"]["rss"] is not None and 0 < nodes["idle"]["rss"] <= nodes["big"]["rss"] - 30 * MB, nodes
     for node in nodes.values():  # every row has both fields; the root's is its own group's
         assert "rss" in node and "cpu" in node, node
     assert nodes[""]["rss"] >= psutil.Process(nodes[""]["pid"]).memory_info().rss // 2

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
+from orchestrator.engine import osproc
 from orchestrator.engine.loop import Loop, Timer
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -49,7 +50,7 @@ def _group_rss(leader: int, leaders: Dict[int, object]) -> int:
             continue  # gone meanwhile, or not (or no longer) in the group
         _, threads, rss = stat
         total += rss
-        pending.extend(child for child in _children(pid, threads) if child not in leaders)
+        pending.extend(child for child in osproc.children_of(pid, threads) if child not in leaders)
     return total
 
 
@@ -74,21 +75,6 @@ def _stat(pid: int) -> Optional[Tuple[int, int, int]]:
         return None
     # fields[0] is field 3 (state): pgrp is field 5, num_threads 20, rss 24 (pages).
     return int(fields[2]), int(fields[17]), int(fields[21]) * PAGE_SIZE
-
-
-def _children(pid: int, threads: int) -> List[int]:
-    """Children of `pid`: each thread lists the children it forked, so a single-threaded
-    process needs one read and only a multi-threaded one a listing of its threads."""
-    if threads <= 1:
-        return [int(field) for field in _read(f"/proc/{pid}/task/{pid}/children").split()]
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return []
-    found: List[int] = []
-    for tid in tids:
-        found.extend(int(field) for field in _read(f"/proc/{pid}/task/{tid}/children").split())
-    return found
 
 
 class MemoryWatch:

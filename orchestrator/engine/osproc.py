@@ -6,7 +6,7 @@ import ctypes
 import ctypes.util
 import os
 import signal
-from typing import Iterable, Iterator, Optional, Union
+from typing import Iterable, Iterator, List, Optional, Union
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
@@ -115,12 +115,32 @@ def unblock_handled_signals() -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, BLOCKED_AROUND_FORK)
 
 
-def children_of_self() -> list:
-    """Pids whose parent is this process (Linux /proc; empty where unavailable)."""
-    pid = os.getpid()
+def children_of_self() -> List[int]:
+    """Pids whose parent is this process (Linux /proc; empty where unavailable).
+
+    Processes that fork run no threads (a rule of this project), so the main
+    thread's list is all of them."""
+    return children_of(os.getpid(), threads=1)
+
+
+def children_of(pid: int, threads: int = 0) -> List[int]:
+    """Children of `pid`; empty once it is gone. Each thread lists only the children it
+    forked, so every thread's list is read, unless the caller knows `pid` has a single
+    thread (`threads == 1`, e.g. from /proc/PID/stat): then one read is enough."""
+    tids = [str(pid)] if threads == 1 else _threads(pid)
+    found: List[int] = []
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb", buffering=0) as file:
+                found.extend(int(field) for field in file.readall().split())
+        except OSError:
+            continue
+    return found
+
+
+def _threads(pid: int) -> List[str]:
     try:
-        with open(f"/proc/{pid}/task/{pid}/children") as file:
-            return [int(field) for field in file.read().split()]
+        return os.listdir(f"/proc/{pid}/task")
     except OSError:
         return []
 

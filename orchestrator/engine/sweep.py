@@ -49,22 +49,5 @@ def _below(children: Iterable[int]) -> List[int]:
     """`children` and all their descendants, parents before children."""
     found = list(children)
     for pid in found:  # grows while we walk it: breadth first
-        found.extend(children_of(pid))
-    return found
-
-
-def children_of(pid: int) -> List[int]:
-    """Children of every thread of `pid` (a thread's children are listed under that
-    thread only); empty once `pid` is gone."""
-    found: List[int] = []
-    try:
-        threads = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return found
-    for tid in threads:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/children") as file:
-                found.extend(int(field) for field in file.read().split())
-        except OSError:
-            continue
+        found.extend(osproc.children_of(pid))
     return found

@@ -364,7 +364,7 @@ class Root:
         """Why `command` cannot act on `path` while it or an ancestor is held, or None."""
         if command == "stop":
             return None  # holding a node below a held one keeps it stopped when that starts
-        holder = next((held for held in _ancestors(path) if held in self.held), None)
+        holder = settle.holder(self.held, path.rpartition("/")[0])  # the nearest held ancestor
         if holder is not None:
             return (f"{path} is inside {holder}, which is held (stopped by `orch stop {holder}`); "
                     f"start that first with `orch start {holder}`")
@@ -390,8 +390,3 @@ def _usage(message: str) -> dict:
     """An error the client caused (exit 2): a wrong path, a command that cannot apply."""
     return {"ok": False, "error": message, "usage": True}
 
-
-def _ancestors(path: str) -> List[str]:
-    """'a/b/c' -> ['a/b', 'a'], nearest first (the root, which cannot be held, left out)."""
-    parts = path.split("/")
-    return ["/".join(parts[:end]) for end in range(len(parts) - 1, 0, -1)]

@@ -14,6 +14,13 @@ class ReadyMode(enum.Enum):
     NOTIFY = "notify"
 
 
+class LogFormat(enum.Enum):
+    """How log records are written: readable lines, or one JSON object per line."""
+
+    TEXT = "text"
+    JSON = "json"
+
+
 class StartMethod(enum.Enum):
     FORK = "fork"
     SPAWN = "spawn"
@@ -64,6 +71,8 @@ DEFAULT_MEMORY_CHECK = 5.0  # seconds between RSS checks of `max_memory` nodes
 DEFAULT_READY = ReadyMode.STARTED
 DEFAULT_READY_TIMEOUT = 30.0
 DEFAULT_WATCHDOG = 0.0  # off
+DEFAULT_LOG_MAX_BYTES = 10 * 1024 * 1024
+DEFAULT_LOG_BACKUPS = 5
 # Slack a supervisor gets on top of its children's stop budgets to unwind itself.
 SUPERVISOR_STOP_SLACK = 1.0
 
@@ -133,6 +142,20 @@ class NodeSpec:
 
 
 @attrs.frozen
+class LogSpec:
+    """The `[log]` table, resolved: where node logs, orch.log and events.jsonl go.
+
+    `dir` is absolute; "" means no log files at all (unit tests' fake trees).
+    `max_bytes` 0 never rotates; `backups` 0 keeps no rotated file.
+    """
+
+    dir: str = ""
+    max_bytes: int = DEFAULT_LOG_MAX_BYTES
+    backups: int = DEFAULT_LOG_BACKUPS
+    format: LogFormat = LogFormat.TEXT
+
+
+@attrs.frozen
 class TreeSpec:
     """A whole validated tree file. `root` is the root supervisor (path "")."""
 
@@ -141,6 +164,7 @@ class TreeSpec:
     start_method: StartMethod
     plugins: Tuple[str, ...]
     root: NodeSpec
+    log: LogSpec = LogSpec()
 
     def nodes(self) -> Iterator[NodeSpec]:
         return self.root.walk()
@@ -168,7 +192,8 @@ class TreeContext:
     name: str
     start_method: StartMethod
     plugins: Tuple[str, ...]
+    log: LogSpec = LogSpec()
 
     @classmethod
     def of(cls, tree: TreeSpec) -> "TreeContext":
-        return cls(name=tree.name, start_method=tree.start_method, plugins=tree.plugins)
+        return cls(name=tree.name, start_method=tree.start_method, plugins=tree.plugins, log=tree.log)

@@ -13,6 +13,7 @@ from orchestrator.errors import InvalidInput, Problem
 from orchestrator.spec.resolve import CatalogLoader
 from orchestrator.spec.source import KeyPath, SourceMap
 from orchestrator.spec import environ
+from orchestrator.spec import logconf
 from orchestrator.spec.environ import ENV_KEYS, ProcessEnv
 from orchestrator.spec.values import CHECKS, Bad, describe, did_you_mean, name_problem, start_method
 from orchestrator.spec.model import (
@@ -38,7 +39,7 @@ _COMMON_KEYS = frozenset({"name", "restart", "daemon", "stop_timeout", "descript
                           "max_memory"}) | ENV_KEYS
 _SUPERVISOR_ONLY = frozenset({"children", "strategy", "max_restarts", "within", "memory_check"})
 _WORKER_ONLY = frozenset({"worker", "args", "replicas", "ready", "ready_timeout", "watchdog"})
-_ROOT_ONLY = frozenset({"start_method", "plugins"})
+_ROOT_ONLY = frozenset({"start_method", "plugins", "log"})
 _ROOT_KEYS = _ROOT_ONLY | _SUPERVISOR_ONLY | {"name", "stop_timeout", "description"} | ENV_KEYS
 _ALLOWED = {
     "root": _ROOT_KEYS,
@@ -134,10 +135,12 @@ class _Validator:
             return None
         start_method = self.start_method(data)
         self.plugins = self._plugins(data)
+        log_values = logconf.check_table(data.get("log", {}), lambda keys, message: self.add(keys, "", message))
         root = self._node(data, _At((), "", 0), "root")
         if root is None or self.problems:
             return None
-        return TreeSpec(root.name, self.source_path, start_method, self.plugins, root)
+        log = logconf.log_spec(log_values, root.name, self.base_dir)
+        return TreeSpec(root.name, self.source_path, start_method, self.plugins, root, log)
 
     def start_method(self, data: Mapping[str, Any]) -> StartMethod:
         if "start_method" not in data:
@@ -242,6 +245,7 @@ class _Validator:
                 continue
             child = at.child(index, item)
             self._check_duplicate(item, child, first_lines)
+            self._check_reserved(item, child)
             node = self._node(item, child, self._kind(item, child))
             nodes += _instances(node) if node is not None else []
         return tuple(nodes)
@@ -256,6 +260,12 @@ class _Validator:
             self.add(at.keys + ("name",), at.path, f"duplicate name {name!r} among siblings ({where})")
         else:
             first_lines[name] = self.smap.line(at.keys + ("name",))
+
+    def _check_reserved(self, item: Mapping[str, Any], at: _At) -> None:
+        name = item.get("name")
+        problem = logconf.reserved_name_problem(name, at.depth) if isinstance(name, str) else None
+        if problem:
+            self.add(at.keys + ("name",), at.path, problem)
 
     def _kind(self, data: Mapping[str, Any], at: _At) -> Optional[str]:
         has_worker, has_children = "worker" in data, "children" in data

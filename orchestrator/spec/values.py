@@ -7,7 +7,7 @@ import math
 import re
 from typing import Any, Callable, Dict, Optional
 
-from orchestrator.spec.model import ReadyMode, Restart, StartMethod, Strategy
+from orchestrator.spec.model import LogFormat, ReadyMode, Restart, StartMethod, Strategy
 
 NAME = re.compile(r"[A-Za-z0-9_.-]+")
 # A name is also a directory and file name (run directory, titles, log files):
@@ -143,10 +143,15 @@ def _replicas(key: str, value: Any) -> int:
 
 _MEMORY = re.compile(r"(\d+)\s*(B|KB|MB|GB)?", re.IGNORECASE)
 _UNITS = {"B": 1, "KB": 1024, "MB": 1024 ** 2, "GB": 1024 ** 3}
+LOG_MIN_BYTES = 1024
+LOG_MAX_BACKUPS = 1000
 
 
-def _memory(key: str, value: Any) -> int:
-    """Bytes: an integer, or a string such as "512KB", "10MB", "1GB" (powers of 1024)."""
+def _size(key: str, value: Any) -> int:
+    """Bytes: an integer, or a string such as "512KB", "10MB", "1GB" (powers of 1024).
+
+    The one size parser; each key checks its own range on the result.
+    """
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise Bad(f'{key!r} must be a number of bytes or a string like "512MB", got {describe(value)}')
     if isinstance(value, str):
@@ -154,8 +159,42 @@ def _memory(key: str, value: Any) -> int:
         if not match:
             raise Bad(f'{key!r} must be a size like "512KB", "10MB" or "1GB", got {describe(value)}')
         value = int(match.group(1)) * _UNITS[(match.group(2) or "B").upper()]
-    if value <= 0:
-        raise Bad(f"{key!r} must be more than 0 bytes, got {value}")
+    return value
+
+
+def _memory(key: str, value: Any) -> int:
+    size = _size(key, value)
+    if size <= 0:
+        raise Bad(f"{key!r} must be more than 0 bytes, got {size}")
+    return size
+
+
+def rotate_size(key: str, value: Any) -> int:
+    """`log.max_bytes`: 0 never rotates; below 1KB a file would rotate on almost every line."""
+    size = _size(key, value)
+    if size != 0 and size < LOG_MIN_BYTES:
+        shown = f'"{value}" ({size} bytes)' if isinstance(value, str) else str(value)
+        raise Bad(f"{key!r} must be 0 (never rotate) or at least 1KB ({LOG_MIN_BYTES} bytes), got {shown}")
+    return size
+
+
+def backups(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise Bad(f"{key!r} must be a whole number of rotated files to keep, got {describe(value)}")
+    if not 0 <= value <= LOG_MAX_BACKUPS:
+        raise Bad(f"{key!r} must be between 0 and {LOG_MAX_BACKUPS}, got {value}")
+    return value
+
+
+def log_dir(key: str, value: Any) -> str:
+    """A directory as written; logconf.py resolves it against the tree file."""
+    if not isinstance(value, str):
+        raise Bad(f"{key!r} must be a string (a directory relative to the tree file), got {describe(value)}")
+    # "" would read as LogSpec's "no log files"; "." says "next to the tree file" plainly.
+    if not value.strip():
+        raise Bad(f'{key!r} must name a directory, got an empty string (use "." for the tree file\'s directory)')
+    if "\0" in value:
+        raise Bad(f"{key!r} must not contain a NUL character")
     return value
 
 
@@ -200,3 +239,11 @@ CHECKS: Dict[str, Callable[[str, Any], Any]] = {
     "watchdog": _non_negative_seconds,
 }
 
+
+# The keys of the root's `[log]` table (logconf.py walks the table, as validate.py does nodes).
+LOG_CHECKS: Dict[str, Callable[[str, Any], Any]] = {
+    "dir": log_dir,
+    "max_bytes": rotate_size,
+    "backups": backups,
+    "format": _choice(LogFormat),
+}

@@ -10,7 +10,8 @@ import pytest
 
 from orchestrator.errors import InvalidInput
 from orchestrator.spec.source import SourceMap
-from orchestrator.spec.model import Intensity, NodeSpec, Restart, StartMethod, Strategy, TreeSpec
+from orchestrator.spec.logconf import default_log_dir
+from orchestrator.spec.model import Intensity, LogSpec, NodeSpec, Restart, StartMethod, Strategy, TreeSpec
 from orchestrator.spec.validate import MAX_DEPTH, load_tree, validate_document
 from orchestrator.spec.values import FORKSERVER_REJECTED
 from tests.helpers import FakeCatalog
@@ -93,7 +94,9 @@ def test_full_tree_becomes_the_expected_spec(tmp_path):
         name="demo", path="", children=(ticker_node, pipeline), stop_timeout=30.0,
         strategy=Strategy.ONE_FOR_ALL, intensity=Intensity(max_restarts=7, within=10.0),
     )
-    assert spec == TreeSpec("demo", path, StartMethod.SPAWN, ("json", local), root)
+    # Without a [log] table the logs go to the default place for the tree's name.
+    log = LogSpec(dir=default_log_dir("demo"))
+    assert spec == TreeSpec("demo", path, StartMethod.SPAWN, ("json", local), root, log)
     assert seen_plugins == [("json", local)]
     assert isinstance(spec.root.intensity.within, float)
 

@@ -51,30 +51,37 @@ def cpu_seconds(procs: List[psutil.Process]) -> float:
 
 
 def check_cost(nodes: List[dict], supervisors: bool, repeat: int = 20) -> float:
-    """CPU seconds (user + system, of this process) the checks of one `memory_check` round take,
-    run here the way each supervisor runs them: CPU time, not wall time, so other load on the
-    machine does not inflate it."""
-    from orchestrator.engine.memory import group_rss
+    """CPU seconds (user + system, of this process) the reads of one `memory_check` round take,
+    done here the way each supervisor does them (memory_guard.py): a supervisor reads its limited
+    workers' process groups, and, when its own node is limited (it reports its subtree up), all its
+    workers' groups and its own; a limited supervisor child is judged on its report, not re-read.
+    Each supervisor's reader keeps its leaders' /proc files open between rounds, so the first
+    round (which opens them) is left out. CPU time, not wall time, so other load on the machine
+    does not inflate it."""
+    from orchestrator.engine.memory import GroupReader
+    from orchestrator.engine.osproc import ensure_fd_limit
 
+    ensure_fd_limit(4 * len(nodes) + 256)  # two open files per group, as in the supervisors
     rounds = []
     for sup in (node for node in nodes if node["kind"] == "supervisor"):
+        reports = supervisors and sup["path"] != ""  # the root has no limit; every g<i> has one here
         below = [node for node in nodes if node["kind"] in ("worker", "supervisor") and node["pid"]
                  and node["parent"] == sup["path"]]
-        groups: Dict[int, object] = {}
-        for child in below:
-            if child["kind"] == "worker":
-                groups[child["pid"]] = child["path"]
-            elif supervisors:
-                for node in nodes:
-                    if node["pid"] and (node is child or node["path"].startswith(child["path"] + "/")):
-                        groups[node["pid"]] = child["path"]
+        groups: Dict[int, object] = {child["pid"]: child["path"] for child in below if child["kind"] == "worker"}
+        if reports:
+            groups[sup["pid"]] = sup["path"]
         if groups:
-            rounds.append(groups)
+            rounds.append((GroupReader(), groups, {child["pid"] for child in below}))
+    for reader, groups, skip in rounds:
+        reader.rss(groups, skip)
     start = time.process_time()
     for _ in range(repeat):
-        for groups in rounds:
-            group_rss(groups)
-    return (time.process_time() - start) / repeat
+        for reader, groups, skip in rounds:
+            reader.rss(groups, skip)
+    spent = (time.process_time() - start) / repeat
+    for reader, _, _ in rounds:
+        reader.close()
+    return spent
 
 
 def measure(n: int, limits: bool, seconds: float, check: float, supervisors: bool = True) -> float:

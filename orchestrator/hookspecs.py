@@ -5,9 +5,12 @@ fails when a hook lacks a docstring.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict
+from typing import TYPE_CHECKING, Callable, Dict
 
 import pluggy
+
+if TYPE_CHECKING:  # a type only: loading the hooks must not import more than pluggy
+    from orchestrator.events import Event
 
 PROJECT = "orch"
 
@@ -38,3 +41,23 @@ def orch_workers() -> Dict[str, WorkerFn]:
     anything but a dict of ``str`` to callables is an error that names the plugin.
     """
     raise NotImplementedError
+
+
+@hookspec
+def orch_event(event: "Event") -> None:
+    """Receive every event of the tree, in order (``orchestrator.events.Event``).
+
+    Called in one process of its own, started by the tree's root: never inside
+    a supervisor's loop and never in a process that forks, so a slow or
+    blocking hook delays no restart and no stop. Events wait for a slow hook in
+    a bounded queue; past it they are dropped, and an ``events_lost`` event
+    (and a line in ``orch.log``) says how many. A hook that raises is reported
+    as a ``hook_error`` event and in ``orch.log``; the next event is delivered
+    as usual.
+
+    The process may run threads (a metrics server, say): start them on the
+    first call, not at import, since the root and ``orch validate`` import the
+    plugin too. Entry-point plugins receive the events of every tree.
+
+    Return value: ignored. See ``orchestrator.events.KINDS`` for every ``event.event``.
+    """

@@ -80,6 +80,7 @@ class RunningTree:
         self.output = output
         self.seen: Dict[int, float] = {}  # pid -> create_time, so a reused pid is never killed
         self._root_pid: Optional[int] = None
+        self._log_dir: Optional[Path] = None
         self._log = open(output, "wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "orchestrator", "up", str(file)],
@@ -98,6 +99,14 @@ class RunningTree:
         if self._root_pid is None:
             self._root_pid = self.node("")["pid"]
         return self._root_pid
+
+    @property
+    def log_dir(self) -> Path:
+        """Where the tree writes its node logs, orch.log and events.jsonl (asked while it runs)."""
+        if self._log_dir is None:
+            with _run_dir(self.env):
+                self._log_dir = Path(control.request(self.name, {"cmd": "ping"}, timeout=5.0)["log_dir"])
+        return self._log_dir
 
     def orch(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
         """Run the `orch` CLI against this tree's run directory."""
@@ -209,6 +218,8 @@ def isolated_env(tmp_path: Path) -> Dict[str, str]:
     run_dir = tmp_path / "run"
     run_dir.mkdir(exist_ok=True)
     env[control.ENV_RUN_DIR] = str(run_dir)
+    # Node logs, orch.log and events.jsonl of a tree without a `[log] dir` go to <tmp>/logs/<tree>.
+    env["ORCH_LOG_DIR"] = str(tmp_path / "logs")
     env["ORCH_DISABLE_PLUGIN_AUTOLOAD"] = "1"
     env["PYTHONUNBUFFERED"] = "1"
     return env

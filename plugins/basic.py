@@ -32,6 +32,9 @@ def run_command(argv: Sequence[str]) -> None:
         raise ValueError("orch.exec needs a non-empty argv list")
     sys.stdout.flush()
     sys.stderr.flush()
+    # Its output goes to a pipe: a Python program would hold its prints in a block
+    # buffer. A value the node's env set (applied before us) is kept, "" included.
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     os.execvp(argv[0], list(argv))
 
 

@@ -10,11 +10,11 @@ import io
 import os
 import signal
 import sys
-from multiprocessing.connection import Connection
 from typing import Iterable, NoReturn, cast
 
 from orchestrator.engine import osproc
 from orchestrator.engine import titles
+from orchestrator.engine.spawn import WorkerPipes
 from orchestrator.hookspecs import WorkerFn
 from orchestrator.spec.model import NodeSpec, StartMethod, TreeContext
 
@@ -60,19 +60,20 @@ def apply_process_env(node: NodeSpec) -> None:
         os.setuid(node.uid)
 
 
-def worker_main(tree: TreeContext, node: NodeSpec, output: Connection, parent_pid: int) -> None:
+def worker_main(tree: TreeContext, node: NodeSpec, pipes: WorkerPipes, parent_pid: int) -> None:
     """Target of a worker process: returns, raises or exits as the worker does."""
-    prepare(tree, node, parent_pid, [output.fileno()], signal.SIGKILL)
+    prepare(tree, node, parent_pid, pipes.fds(), signal.SIGKILL)
     # The root ignores it for its own sake (see guardian.py); a worker, and what it
     # execs, gets the default back.
     signal.signal(signal.SIGTTOU, signal.SIG_DFL)
-    fd = output.fileno()
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    output.close()
-    # A text file over fd 1 (typeshed says TextIO, which lacks reconfigure).
-    cast(io.TextIOWrapper, sys.stdout).reconfigure(line_buffering=True)
-    # A worker aborted for a missed ready_timeout or watchdog (SIGABRT) shows where it was stuck.
+    os.dup2(pipes.stdout.fileno(), 1)
+    os.dup2(pipes.stderr.fileno(), 2)
+    pipes.close()
+    # Text files over fds 1 and 2 (typeshed says TextIO, which lacks reconfigure). Under
+    # spawn Python made them at start-up for what fds 1 and 2 were then (block-buffered
+    # when not a terminal): each `print` must reach the pipe at once, under fork or spawn.
+    for stream in (sys.stdout, sys.stderr):
+        cast(io.TextIOWrapper, stream).reconfigure(line_buffering=True)
     faulthandler.enable(file=sys.stderr, all_threads=True)
     _notify_environment(node)
     osproc.unblock_handled_signals()

@@ -1,7 +1,7 @@
 """What supervisors tell each other over their pipes, matched by type.
 
 Up, forwarded unchanged by every supervisor on the way to the root: `NodeEvent`,
-`Ready`, `GaveUp`, `Applied`. Down, each supervisor passing on what is for a node
+`Ready`, `GaveUp`, `Applied`, `Notice`, `LogLine`; `MemoryReport` goes one hop only. Down, each supervisor passing on what is for a node
 below it: `ApplyCommand`, `RestartCommand`.
 
 They are pickled on every hop (multiprocessing pipes) and sent on the restart
@@ -29,6 +29,10 @@ class NodeEvent:
     failures: int  # exits orch did not cause
     ready: bool = False  # up: a worker running (READY=1 sent, with `ready = "notify"`), a subtree up
     status: Optional[str] = None  # the worker's last sd_notify STATUS=
+    # What happened (an events.KINDS word), or None for a change only `orch tree` shows (a STATUS=).
+    event: Optional[str] = None
+    exit_code: Optional[int] = None  # multiprocessing's: negative for a death by signal
+    reason: Optional[str] = None  # why orch ended it: "watchdog: ...", "memory_limit: ..."
 
 
 @attrs.frozen
@@ -55,6 +59,37 @@ class Applied:
 
 
 @attrs.frozen
+class Notice:
+    """Something happened to a node that is no state of its own: its process exited
+    (the state follows once the restart is decided), its log could not be written."""
+
+    path: str
+    event: str  # an events.KINDS word
+    reason: Optional[str]
+    pid: Optional[int] = None
+    exit_code: Optional[int] = None  # multiprocessing's: negative for a death by signal
+    restarts: Optional[int] = None
+
+
+@attrs.frozen
+class LogLine:
+    """One of orch's own messages, said by the supervisor of `path` (pid `pid`), for orch.log."""
+
+    path: str
+    pid: int
+    text: str
+
+
+@attrs.frozen
+class MemoryReport:
+    """A supervisor's subtree RSS in bytes (its workers' process groups and its children's
+    reports), sent to its parent each memory check so no process is measured twice."""
+
+    path: str
+    rss: int
+
+
+@attrs.frozen
 class ApplyCommand:
     """Go to this spec (a reload, `orch stop`/`orch start`), touching only what changed."""
 
@@ -70,5 +105,5 @@ class RestartCommand:
     path: str
 
 
-UpMessage = Union[NodeEvent, Ready, GaveUp, Applied]
+UpMessage = Union[NodeEvent, Ready, GaveUp, Applied, Notice, LogLine, MemoryReport]
 Command = Union[ApplyCommand, RestartCommand]

@@ -35,6 +35,7 @@ class Slot:
     quick_exits: int = 0  # consecutive exits soon after starting (crash-loop backoff)
     last_uptime: float = 0.0
     retired: bool = False  # replaced or removed by a reload: may finish stopping, never start
+    kill_reason: Optional[str] = None  # orch ended the process for this (watchdog, memory_limit)
 
     @property
     def waits_for_ready(self) -> bool:

@@ -11,15 +11,33 @@ import os
 import time
 from multiprocessing.connection import Connection
 from signal import SIGKILL
-from typing import Callable, Optional, Protocol, Union
+from typing import Callable, List, Optional, Protocol, Union
 
 import attrs
 
 from orchestrator.engine import osproc
 from orchestrator.spec.model import NodeSpec, StartMethod, TreeContext
 
-# A node process's entry: (tree, node, its end of the pipe, the parent's pid).
-Target = Callable[[TreeContext, NodeSpec, Connection, int], None]
+
+@attrs.frozen
+class WorkerPipes:
+    """A worker process's ends of its output pipes, for fds 1 and 2 (picklable under spawn)."""
+
+    stdout: Connection
+    stderr: Connection
+
+    def fds(self) -> List[int]:
+        return [self.stdout.fileno(), self.stderr.fileno()]
+
+    def close(self) -> None:
+        self.stdout.close()
+        self.stderr.close()
+
+
+# A node process's entry: (tree, node, its end of the pipes, the parent's pid).
+SupervisorTarget = Callable[[TreeContext, NodeSpec, Connection, int], None]
+WorkerTarget = Callable[[TreeContext, NodeSpec, WorkerPipes, int], None]
+Target = Union[SupervisorTarget, WorkerTarget]
 # The contexts a tree starts its processes with (TreeContext.start_method).
 MpContext = Union[multiprocessing.context.ForkContext, multiprocessing.context.SpawnContext]
 
@@ -32,7 +50,8 @@ class Running:
     pid: int
     exit_fd: int  # readable once the process has exited
     owns_exit_fd: bool
-    output_fd: Optional[int]  # read end of a worker's stdout/stderr pipe
+    stdout_fd: Optional[int]  # read end of a worker's stdout pipe
+    stderr_fd: Optional[int]  # read end of a worker's stderr pipe
     uplink: Optional[Connection]  # a supervisor child's event channel
     started_at: float = attrs.field(factory=time.time)  # wall clock, for display
 
@@ -47,15 +66,16 @@ def mp_context(method: StartMethod) -> MpContext:
 def start_node(mp_context: MpContext, tree: TreeContext, node: NodeSpec, target: Target) -> Running:
     """Start `node` as a child of this process, running `target` there.
 
-    A supervisor gets a duplex pipe to us, a worker a pipe for its output.
-    Raises OSError if it cannot be forked.
+    A supervisor gets a duplex pipe to us, a worker a pipe for its stdout and one
+    for its stderr. Raises OSError if it cannot be forked.
     """
+    ours: Optional[Connection] = None
+    theirs: Union[Connection, WorkerPipes]
+    read_fds: List[int] = []
     if node.is_supervisor:
         ours, theirs = mp_context.Pipe(duplex=True)
-        output_fd = None
     else:
-        output_fd, write_fd = os.pipe()
-        ours, theirs = None, Connection(write_fd, readable=False)
+        theirs = _worker_pipes(read_fds)
     process = mp_context.Process(
         target=target, args=(tree, node, theirs, os.getpid()), name=f"orch:{tree.name}/{node.path}"
     )
@@ -63,7 +83,7 @@ def start_node(mp_context: MpContext, tree: TreeContext, node: NodeSpec, target:
         with osproc.signals_blocked():
             process.start()
     except BaseException:
-        _close_quietly(ours, theirs, output_fd)
+        _close_quietly(ours, theirs, *read_fds)
         raise
     theirs.close()
     pid = process.pid
@@ -76,9 +96,25 @@ def start_node(mp_context: MpContext, tree: TreeContext, node: NodeSpec, target:
     # We reap it ourselves; left in this set, every later start() would poll all
     # N children (multiprocessing's _cleanup), making bring-up quadratic.
     multiprocessing.process._children.discard(process)  # type: ignore[attr-defined]  # private, untyped
-    if output_fd is not None:
-        os.set_blocking(output_fd, False)
-    return Running(process, pid, exit_fd, owns, output_fd, ours)
+    for fd in read_fds:
+        os.set_blocking(fd, False)
+    stdout_fd, stderr_fd = read_fds if read_fds else (None, None)
+    return Running(process, pid, exit_fd, owns, stdout_fd, stderr_fd, ours)
+
+
+def _worker_pipes(read_fds: List[int]) -> WorkerPipes:
+    """Two pipes (stdout, stderr); their read ends are appended to `read_fds`."""
+    ends = []
+    try:
+        for _ in range(2):
+            read_fd, write_fd = os.pipe()
+            read_fds.append(read_fd)
+            ends.append(Connection(write_fd, readable=False))
+    except BaseException:
+        _close_quietly(*ends, *read_fds)
+        del read_fds[:]
+        raise
+    return WorkerPipes(ends[0], ends[1])
 
 
 def reap(running: Running) -> int:
@@ -108,13 +144,13 @@ class Starter(Protocol):
 class ProcessStarter:
     """The real `Starter`: multiprocessing processes running `worker_target` or `supervisor_target`."""
 
-    def __init__(self, mp_context: MpContext, worker_target: Target, supervisor_target: Target) -> None:
+    def __init__(self, mp_context: MpContext, worker_target: WorkerTarget, supervisor_target: SupervisorTarget) -> None:
         self._mp = mp_context
         self._worker_target = worker_target
         self._supervisor_target = supervisor_target
 
     def start(self, node: NodeSpec, tree: TreeContext) -> Running:
-        target = self._supervisor_target if node.is_supervisor else self._worker_target
+        target: Target = self._supervisor_target if node.is_supervisor else self._worker_target
         return start_node(self._mp, tree, node, target)
 
     reap = staticmethod(reap)
@@ -133,7 +169,7 @@ class ProcessStarter:
         osproc.send(running.pid, SIGKILL, group=True)
 
 
-def _close_quietly(*things: Union[Connection, int, None]) -> None:
+def _close_quietly(*things: Union[Connection, WorkerPipes, int, None]) -> None:
     for thing in things:
         if thing is None:
             continue

@@ -23,9 +23,10 @@ from orchestrator.engine.acks import Acknowledgements
 from orchestrator.engine.health import Health
 from orchestrator.engine.loop import Loop
 from orchestrator.engine.memory_guard import MemoryGuard
-from orchestrator.engine.messages import (Applied, ApplyCommand, Command, GaveUp, NodeEvent, Ready,
-                                          UpMessage)
+from orchestrator.engine.messages import (Applied, ApplyCommand, Command, GaveUp, LogLine, NodeEvent,
+                                          Notice, Ready, UpMessage)
 from orchestrator.engine.operations import Operations
+from orchestrator.engine import output
 from orchestrator.engine.output import log
 from orchestrator.engine.pacing import RestartPacing, describe_exit
 from orchestrator.engine.slot import Slot
@@ -71,19 +72,19 @@ class Supervisor:
         self.gave_up: Optional[str] = None
         self.on_hangup: Optional[Callable[[], None]] = None  # the root reloads on SIGHUP
         self.on_stop: Optional[Callable[[], None]] = None  # the root tells systemd it stops
-        self._watch = ProcessWatch(loop, self.starter, self._on_exit, self._handle_message)
-        self.ops = Operations(loop, self.starter, self._start, self._emit, self._on_idle)
+        self._watch = ProcessWatch(loop, self.starter, self._on_exit, self._handle_message, self._log_error)
+        self.ops = Operations(loop, self.starter, self._start, self._stopping_child, self._on_idle)
         self._retiring: List[Slot] = []  # removed by a reload, stopping; reaped before we exit
         self._pending: List[Tuple[Slot, int]] = []  # failures seen while busy
         self._ready_sent = False
-        self.memory = MemoryGuard(loop, lambda: self.slots, self._over_memory)
+        self.memory = MemoryGuard(loop, clock, lambda: self.slots, self._over_memory, self.uplink.send)
 
     # ----- lifecycle -------------------------------------------------------
 
     def run(self) -> int:
         """Run this process's loop until every child is stopped; the exit code."""
-        # Two fds per child (exit fd, output pipe) plus headroom for the control plane.
-        osproc.ensure_fd_limit(2 * len(self.slots) + 256)
+        # Four fds per child (exit fd, stdout and stderr pipes, its log file) plus headroom.
+        osproc.ensure_fd_limit(4 * len(self.slots) + 256)
         # Objects that exist now are never collected in children, so the GC does not
         # touch (and copy) the pages every forked child shares with us.
         gc.freeze()
@@ -92,6 +93,7 @@ class Supervisor:
             self.begin()
             self.loop.run()
         finally:
+            self._watch.close()  # what workers left in their pipes reaches their logs
             streams.detach()  # the loop closes after this
             self.health.close()
         return self.exit_code
@@ -121,7 +123,7 @@ class Supervisor:
         self.health.open(self._label())
         self.uplink.attach(self)
         self.ops.start([slot for slot in self.slots if not slot.spec.held])
-        self.memory.configure(self.node.memory_check)
+        self.memory.configure(self.node)
 
     def child_pids(self) -> List[int]:
         """Pids of our node processes, those being retired by a reload included."""
@@ -190,7 +192,7 @@ class Supervisor:
         slot.status = None
         slot.state = NodeState.STARTING if slot.waits_for_ready else NodeState.RUNNING
         self.health.started(slot)
-        self._emit(slot)
+        self._emit(slot, "started")
 
     def _retry_start(self, slot: Slot, error: OSError) -> None:
         slot.start_failures += 1
@@ -198,20 +200,21 @@ class Supervisor:
         log(f"{slot.spec.path}: cannot start process ({error}); retrying in {delay:g}s")
         slot.state = NodeState.BACKOFF
         slot.retry = self.loop.call_later(delay, lambda: self._start(slot))
-        self._emit(slot)
+        self._emit(slot, "backoff", reason=f"cannot start process ({error}); retrying in {delay:g}s")
 
     def _cancel_retry(self, slot: Slot) -> None:
         if slot.retry is not None:
             slot.retry.cancel()
             slot.retry = None
             slot.state = NodeState.STOPPED
-            self._emit(slot)
+            self._emit(slot, "stopped")
 
     # ----- exits and restarts ----------------------------------------------
 
     def _on_exit(self, slot: Slot) -> None:
         if slot.running is None:
             return
+        pid = slot.running.pid
         code = self._watch.reap(slot)
         if slot.spec.is_supervisor:  # a SIGKILLed one could not remove its sd_notify socket
             notify.remove_socket_of(slot.running.pid, os.environ.get(notify.DIR_ENV))
@@ -231,12 +234,15 @@ class Supervisor:
         retired = slot in self._retiring
         if retired:
             self._retiring.remove(slot)
+        why, slot.kill_reason = slot.kill_reason, None
         if expected or self.stopping or slot.spec.held or retired:
             slot.state = NodeState.STOPPED
-            self._emit(slot)
+            self._emit(slot, "stopped", exit_code=code)
         else:
             log(f"{slot.spec.path} {describe_exit(code)}")
             slot.failures += 1
+            # An event only: the state the table shows follows once the restart is decided.
+            self.uplink.send(Notice(slot.spec.path, "exited", why, pid, code, slot.restarts))
             self._on_failure(slot, code)
         if sequence is not None:
             sequence.exited(slot)
@@ -247,7 +253,7 @@ class Supervisor:
             # somewhere, not failed for good (a reload's verdict must not stop here).
             will_restart = strategy.should_restart(slot.spec.restart, code)
             slot.state = NodeState.RESTARTING if will_restart else NodeState.FAILED
-            self._emit(slot)
+            self._emit(slot, "restarting" if will_restart else None)
             self._pending.append((slot, code))
             return
         if code == child.EXIT_BOOT_FAILED and not slot.spec.is_supervisor:
@@ -270,7 +276,7 @@ class Supervisor:
             return
         log(f"{slot.spec.path} keeps exiting soon after start; restarting in {delay:g}s")
         slot.state = NodeState.BACKOFF
-        self._emit(slot)
+        self._emit(slot, "backoff", reason=f"it keeps exiting soon after start; restarting in {delay:g}s")
         if self.node.strategy is Strategy.ONE_FOR_ONE:
             # Only this child is affected, so its wait need not hold up its siblings.
             slot.retry = self.loop.call_later(delay, lambda: self._restart_alone(slot))
@@ -290,7 +296,7 @@ class Supervisor:
                     if by_name[name] is failed or by_name[name].spec.restart is not Restart.TEMPORARY]
         to_stop = [by_name[name] for name in stop_names if by_name[name].running is not None]
         failed.state = NodeState.RESTARTING
-        self._emit(failed)
+        self._emit(failed, "restarting")
         log(f"{failed.spec.path}: restarting {', '.join(slot.spec.path for slot in to_start)} "
             f"({self.node.strategy.value}, {self.pacing.budget()})")
         self.ops.stop_then_start(to_stop, lambda: self._still_to_restart(to_start))
@@ -353,7 +359,7 @@ class Supervisor:
         self.node, self.tree = node, tree
         self.pacing.intensity = node.intensity
         self.slots = [self._slot_for(spec, old, plan) for spec in node.children]
-        self.memory.configure(self.node.memory_check)
+        self.memory.configure(self.node)
         new = {slot.spec.name: slot for slot in self.slots}
         for name in plan.remove + plan.replace:
             old[name].retired = True  # never to be started again: its node is gone or replaced
@@ -392,9 +398,11 @@ class Supervisor:
     # ----- messages from supervisor children, and reports up --------------
 
     def _handle_message(self, slot: Slot, message: UpMessage) -> None:
-        """A message from a supervisor child: about the child itself, or forwarded up as is."""
-        if isinstance(message, NodeEvent):
-            self.memory.note(slot, message)
+        """A message from a supervisor child: about the child itself, or forwarded up as is.
+
+        A `MemoryReport` is the child's subtree RSS, for us alone: never forwarded."""
+        if self.memory.received(slot, message):
+            return
         if message.path == slot.spec.path:
             if isinstance(message, Ready):
                 self._became_ready(slot)
@@ -406,7 +414,10 @@ class Supervisor:
                 return
         self.uplink.send(message)
 
-    def _emit(self, slot: Slot) -> None:
+    def _emit(self, slot: Slot, event: Optional[str] = None, *, exit_code: Optional[int] = None,
+              reason: Optional[str] = None) -> None:
+        """Report the slot's state up; `event` names what happened (events.KINDS), None
+        for a change only `orch tree` shows (a STATUS= from the worker)."""
         running = slot.running
         self.uplink.send(NodeEvent(
             slot.spec.path,
@@ -417,13 +428,25 @@ class Supervisor:
             slot.failures,
             slot.is_ready,
             slot.status,
+            event,
+            exit_code,
+            reason,
         ))
+
+    def _stopping_child(self, slot: Slot) -> None:
+        """A stop sequence signalled `slot` (SIGTERM, or SIGKILL for a daemon or a forced stop)."""
+        self._emit(slot, "stopping", reason=slot.kill_reason)
+
+    def _log_error(self, path: str, message: str) -> None:
+        """A worker's output could not be written to its log: say so (once per episode)."""
+        log(f"{path}: {message}")
+        self.uplink.send(Notice(path, "log_error", message))
 
     def _became_ready(self, slot: Slot) -> None:
         """A supervisor child reported Ready, or a notify worker sent READY=1."""
         slot.ready = True
         slot.state = NodeState.RUNNING
-        self._emit(slot)
+        self._emit(slot, "ready")
         if not self.ops.started(slot):
             self._check_ready()
 
@@ -431,19 +454,22 @@ class Supervisor:
 
     def _over_memory(self, slot: Slot, why: str) -> None:
         log(f"{slot.spec.path}: {why}; stopping it (SIGTERM, SIGKILL after {slot.spec.stop_budget():g}s)")
-        self._terminate(slot, signal.SIGTERM, group=True)
+        self._terminate(slot, signal.SIGTERM, group=True, why=why)
 
     def _missed_deadline(self, slot: Slot, why: str) -> None:
         log(f"{slot.spec.path}: {why}; aborting it (SIGABRT, SIGKILL after {slot.spec.stop_budget():g}s)")
-        self._terminate(slot, signal.SIGABRT, group=False)
+        self._terminate(slot, signal.SIGABRT, group=False, why=why)
 
-    def _terminate(self, slot: Slot, signum: int, group: bool) -> None:
+    def _terminate(self, slot: Slot, signum: int, group: bool, why: str) -> None:
         """Signal the slot's process, and SIGKILL it if it still runs after its stop budget.
 
-        Its exit is judged like any other (_on_exit), so the restart is decided there.
+        Its exit is judged like any other (_on_exit), so the restart is decided there;
+        its `exited` event carries `why`.
         """
         running = slot.running
         assert running is not None
+        slot.kill_reason = why
+        self._emit(slot, "stopping", reason=why)
         self.starter.signal(running, signum, group=group)
         self.loop.call_later(slot.spec.stop_budget(), lambda: self._kill_if_alive(slot, running))
 
@@ -473,7 +499,10 @@ def supervisor_main(tree: TreeContext, node: NodeSpec, uplink: Connection, paren
 def run_child_supervisor(tree: TreeContext, node: NodeSpec, conn: Connection, parent_pid: int) -> int:
     """Run a supervisor below the root in this process, reporting to its parent over `conn`."""
     loop = Loop()
-    supervisor = Supervisor(tree, node, PipeUplink(conn, loop), loop, parent_pid)
+    uplink = PipeUplink(conn, loop)
+    # orch.log has one writer, the root: our own messages travel up to it.
+    output.forward_log(lambda text: uplink.send(LogLine(node.path, os.getpid(), text)))
+    supervisor = Supervisor(tree, node, uplink, loop, parent_pid)
     try:
         return supervisor.run()
     finally:

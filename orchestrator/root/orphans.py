@@ -40,6 +40,7 @@ class OrphanRepair:
         self.evicting: Dict[int, float] = {}  # leftover pid -> create_time
         self._stopped = False
         self._check_pending = False
+        self.on_adopt: Callable[[int], None] = lambda pid: None  # the root records an event
 
     def start(self) -> None:
         osproc.become_subreaper()
@@ -78,6 +79,7 @@ class OrphanRepair:
     def _adopt(self, pid: int) -> None:
         self.adopted[pid] = self._loop.now()
         log(f"process {pid} was orphaned inside the tree; stopping it")
+        self.on_adopt(pid)
         osproc.send(pid, signal.SIGTERM)
         self._loop.call_later(ORPHAN_STOP_GRACE, lambda: self._kill_orphan(pid))
 

@@ -5,7 +5,7 @@ import os
 import signal
 import time
 from collections import Counter
-from typing import Dict, List, Optional, Set, Union
+from typing import Callable, Dict, List, Optional, Set, Tuple, Union
 
 import attrs
 
@@ -23,8 +23,11 @@ from orchestrator.root.ctlserver import ControlServer, Deferred
 from orchestrator.errors import EXIT_FAILURE, InvalidInput, Problem
 from orchestrator.engine.loop import Loop
 from orchestrator.engine.notify import DIR_ENV as NOTIFY_DIR_ENV
-from orchestrator.engine.messages import Applied, ApplyCommand, NodeEvent, Ready, RestartCommand, UpMessage
+from orchestrator.engine.messages import (Applied, ApplyCommand, GaveUp, LogLine, NodeEvent, Notice, Ready,
+                                          RestartCommand, UpMessage)
+from orchestrator.engine import output
 from orchestrator.engine.output import log
+from orchestrator.root.eventlog import EventLog
 from orchestrator.engine.states import LIVE, NodeState
 from orchestrator.policy.plan import plan_tree
 from orchestrator.root.orphans import OrphanRepair
@@ -79,12 +82,14 @@ class Root:
         self.notifier = notifier
         self._reload_settling: Optional[Deferred] = None  # READY=1 once the reload has settled
         self.supervisor.on_stop = self._stopping
+        self.events = EventLog(self.loop, tree.name, tree.log, _event_hooks(tree))
+        self.orphans.on_adopt = lambda pid: self.events.emit("", "orphan_stopped", pid=pid)
 
     def _known_children(self) -> Set[int]:
         """Our own children: node processes and multiprocessing's resource tracker."""
         pids = set(self.supervisor.child_pids())
         tracker = spawn.tracker_pid()
-        return pids | ({tracker} if tracker else set())
+        return pids | {pid for pid in (tracker, self.events.hooks.pid) if pid}
 
     def run(self) -> int:
         """Run until stopped; 0 after a clean stop, 1 when the tree gave up."""
@@ -93,6 +98,10 @@ class Root:
         os.environ[NOTIFY_DIR_ENV] = str(self.run_dir.path)
         titles.set_node_title(self.tree.name, "")
         try:
+            self.events.open()
+            self.events.emit("", "started", pid=os.getpid())
+            # orch.log has one writer, us: the supervisors below send their messages here.
+            output.forward_log(lambda text: self.events.orch_line("", os.getpid(), text))
             self._server = ControlServer(self.loop, self.run_dir.socket_path, self.handle)
             self.orphans.start()
             self._watchdog()
@@ -102,10 +111,13 @@ class Root:
             if self._server is not None:
                 self._server.close()
             self.run_dir.release()
+            self.events.emit("", "stopped", pid=os.getpid())
+            self.events.close()  # the hooks get a moment for the last events, then are stopped
             self.loop.close()
             spawn.release_helpers()
             self._sweep()  # last: every node and helper multiprocessing started is reaped
         if self.supervisor.gave_up:
+            self.events.orch_line("", os.getpid(), f"tree {self.tree.name!r} gave up: {self.supervisor.gave_up}")
             log(f"tree {self.tree.name!r} gave up: {self.supervisor.gave_up}")
             notify(self._ready_fd, f"failed {self.supervisor.gave_up}")
             return EXIT_FAILURE
@@ -135,13 +147,22 @@ class Root:
 
     def send(self, message: UpMessage) -> None:
         if isinstance(message, NodeEvent):
+            previous = self.table.get(message.path)
             self._record(message)
+            # A `stopped` node has no pid any more: its event names the one that stopped.
+            self.events.node_event(message, previous.pid if previous is not None else None)
         elif isinstance(message, Ready):
             self._ready(message.path)
         elif isinstance(message, Applied):
             self._applied(message.path, message.generation)
-        # GaveUp: the root's own give-up is read from the supervisor when run() returns;
-        # one from below reaches its parent, which reports what it does about it.
+        elif isinstance(message, Notice):
+            self.events.notice(message)
+        elif isinstance(message, LogLine):
+            self.events.orch_line(message.path, message.pid, message.text)
+        elif isinstance(message, GaveUp):
+            # The root's own give-up is also read from the supervisor when run() returns;
+            # one from below reaches its parent, which reports what it does about it.
+            self.events.gave_up(message)
 
     def _record(self, event: NodeEvent) -> None:
         self.table[event.path] = NodeRecord.of(event)
@@ -171,6 +192,7 @@ class Root:
             f"(`orch tree {self.tree.name}` to look, Ctrl-C or `orch down {self.tree.name}` to stop)")
         notify(self._ready_fd, f"ready {os.getpid()}")
         self._ready_fd = None
+        self.events.emit("", "ready", pid=os.getpid())
         if self.notifier is not None:
             self.notifier.ready()
 
@@ -197,7 +219,8 @@ class Root:
                     "refused": self._server.stats() if self._server else {},
                     "requests": dict(self.requests), "waiting": len(self.waits),
                     # sd_notify datagrams to the root's socket from a pid none of its workers own
-                    "notify_ignored": self.supervisor.notify_ignored}
+                    "notify_ignored": self.supervisor.notify_ignored,
+                    "log_dir": self.events.dir}
         if command == "tree":
             return {"ok": True, "tree": self.tree.name, "file": self.tree.file, "nodes": self.rows(sample=True)}
         if command == "wait":
@@ -243,6 +266,9 @@ class Root:
         if apply:
             self._apply(new)
             reply["generation"] = self.generation
+            for change in changes:
+                keys = f" ({', '.join(change.keys)})" if change.keys else ""
+                self.events.emit(change.path, "reloaded", reason=f"{change.op}{keys}")
         return reply
 
     def _requested_tree(self, request: dict) -> TreeSpec:
@@ -265,6 +291,7 @@ class Root:
         log(f"reloading tree {new.name!r} from {new.file}")
         self._systemd_reloading()
         self.tree = new
+        self.events.configure(new.log)
         self._supervisor_paths |= {node.path for node in new.nodes() if node.is_supervisor}
         paths = {node.path for node in new.nodes()}
         self.held = frozenset(path for path in self.held if path in paths)
@@ -355,7 +382,10 @@ class Root:
         if command == "restart":
             self.supervisor.command(RestartCommand(path))
         else:
-            self.held = self.held | {path} if command == "stop" else self.held - {path}
+            held = self.held | {path} if command == "stop" else self.held - {path}
+            if held != self.held:
+                self.events.emit(path, "held" if command == "stop" else "released")
+            self.held = held
             self._send_spec()
         return {"ok": True, "tree": self.tree.name, "path": path, "generation": self.generation,
                 "pid": before}
@@ -380,6 +410,16 @@ class Root:
         return view.build_rows(self.tree.with_holds(self.held), self.table, live, os.getpid(), state, self.started_at,
                                self.orphans.drifting(), root_ready=self.supervisor.is_ready,
                                cpu=self.cpu_meter.percents(live, sample=sample))
+
+
+def _event_hooks(tree: TreeSpec) -> Tuple[Tuple[str, Callable[..., object]], ...]:
+    """The plugins' orch_event hooks (the catalog is loaded already: the tree was validated here)."""
+    from orchestrator.spec.catalog import PluginError, load_catalog
+
+    try:
+        return tuple(load_catalog(tree.plugins).event_hooks)
+    except PluginError:
+        return ()  # reported when the tree was validated; workers fail to boot the same way
 
 
 def _waits(request: dict) -> bool:

@@ -36,6 +36,9 @@ class WorkerEntry:
 class Catalog:
     workers: Mapping[str, WorkerEntry]
     plugins: Tuple[Tuple[str, Tuple[str, ...]], ...]  # (plugin name, its worker names)
+    # (plugin name, its orch_event implementation), called one by one so a hook that
+    # raises is reported by name and never keeps the event from the others.
+    event_hooks: Tuple[Tuple[str, Callable[..., Any]], ...] = ()
 
 
 # What went wrong while loading, each with the tree-file plugin ref it concerns, if any.
@@ -81,7 +84,8 @@ def _load(tree_plugins: Sequence[str]) -> Catalog:
     workers = _collect_workers(manager, problems)
     if problems:
         raise PluginError(problems)
-    return Catalog(workers=workers, plugins=_listing(manager, workers))
+    hooks = tuple((impl.plugin_name, impl.function) for impl in reversed(manager.hook.orch_event.get_hookimpls()))
+    return Catalog(workers=workers, plugins=_listing(manager, workers), event_hooks=hooks)
 
 
 def _blocked() -> List[str]:

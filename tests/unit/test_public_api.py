@@ -9,7 +9,7 @@ from orchestrator import hookspecs
 
 
 def test_public_names_are_pinned():
-    assert sorted(orchestrator.__all__) == ["WorkerFn", "__version__", "hookimpl"]
+    assert sorted(orchestrator.__all__) == ["Event", "WorkerFn", "__version__", "hookimpl"]
 
 
 def test_hookimpl_marks_for_project_orch():

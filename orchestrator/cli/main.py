@@ -6,12 +6,16 @@ import json
 import os
 import subprocess
 import sys
-from typing import List, Optional, Tuple
+from typing import TYPE_CHECKING, List, Optional, Tuple
 
 from orchestrator import __version__
+from orchestrator.cli import logs
 from orchestrator.cli import remote
 from orchestrator.engine import streams
 from orchestrator.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, InvalidInput, RuntimeFailure, UsageError
+
+if TYPE_CHECKING:
+    from orchestrator.spec.model import TreeSpec
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -85,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     up.set_defaults(func=cmd_up)
 
     remote.add_parsers(commands)
+    logs.add_parsers(commands)
 
     validate = commands.add_parser("validate", help="check a tree file and report every problem")
     validate.add_argument("file")
@@ -109,7 +114,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     notifier = None if args.detach else systemd.Notifier.take(os.environ, os.getpid())
     tree = load_tree(args.file)
     if args.detach:
-        return _up_detached(args.file, tree.name)
+        return _up_detached(args.file, tree)
     from orchestrator.root import guardian
 
     # Before any fork: the guardian, the root and every supervisor inherit fds 1 and 2.
@@ -125,29 +130,33 @@ def cmd_up(args: argparse.Namespace) -> int:
         raise
 
 
-def _up_detached(file: str, name: str) -> int:
+def _up_detached(file: str, tree: TreeSpec) -> int:
+    """Start `orch up FILE` in a new session, its stdout and stderr on /dev/null (its nodes'
+    output and its own messages go to the tree's log directory); return once it is up."""
     from orchestrator.root.control import RunDir, make_private_dir
+    from orchestrator.spec.logconf import default_log_dir
 
-    run_dir = RunDir(name)
-    make_private_dir(run_dir.path)
+    name = tree.name
+    make_private_dir(RunDir(name).path)
+    log_dir = tree.log.dir or default_log_dir(name)
     read_fd, write_fd = os.pipe()
-    with open(run_dir.log_path, "ab") as log:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator", "up", os.path.abspath(file), "--ready-fd", str(write_fd)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            pass_fds=(write_fd,), start_new_session=True,
-        )
+    child = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "up", os.path.abspath(file), "--ready-fd", str(write_fd)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        pass_fds=(write_fd,), start_new_session=True,
+    )
     os.close(write_fd)
     with os.fdopen(read_fd, "rb") as ready:
         line = ready.readline().decode(errors="replace").strip()
     status, _, detail = line.partition(" ")
     if status == "ready":
         print(detail)
-        print(f"orch: tree {name!r} is up (root pid {detail}); its output goes to {run_dir.log_path}",
-              file=sys.stderr)
+        print(f"orch: tree {name!r} is up (root pid {detail}); its logs are in {log_dir} "
+              f"(`orch logs --tree {name}`, `orch events --tree {name}`)", file=sys.stderr)
         return EXIT_OK
     child.wait()
-    reason = detail or f"the root exited with code {child.returncode}; see {run_dir.log_path}"
+    reason = detail or (f"the root exited with code {child.returncode}; "
+                        f"see {os.path.join(log_dir, 'orch.log')}")
     raise RuntimeFailure(f"tree {name!r} did not come up: {reason}")
 
 
@@ -192,3 +201,4 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 def _summary(function: object) -> str:
     doc = (getattr(function, "__doc__", None) or "").strip()
     return doc.splitlines()[0] if doc else ""
+

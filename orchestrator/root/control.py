@@ -18,7 +18,6 @@ from orchestrator.spec.values import name_problem
 ENV_RUN_DIR = "ORCH_RUN_DIR"
 SOCKET_NAME = "control.sock"
 LOCK_NAME = "lock"
-LOG_NAME = "output.log"
 # A request is one JSON object on one line; a longer one is refused. Requests carry
 # a tree file's text, so this leaves room for any sane file.
 MAX_REQUEST = 1024 * 1024
@@ -59,7 +58,6 @@ class RunDir:
         self.name = name
         self.path = tree_dir(name)
         self.socket_path = self.path / SOCKET_NAME
-        self.log_path = self.path / LOG_NAME
         self._lock_fd: Optional[int] = None
 
     def acquire(self) -> None:

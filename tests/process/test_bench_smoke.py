@@ -35,3 +35,26 @@ def test_quick_bench_run_writes_every_figure(tmp_path):
             ["tree_json_s"] if contender.startswith("orch") else [])), contender
     assert summary["orch-fork"]["5"]["orphans"] == 0
     assert "## Targets" in (tmp_path / "RESULTS.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_logs_flood_bench_runs_orch_and_the_redirect(tmp_path):
+    """bench/logs_flood.py end to end on a tiny flood: every line in orch's node log and in the
+    plain redirect's file, exactly once and in order, and the sibling-restart figure taken."""
+    mark = uuid.uuid4().hex
+    env = dict(os.environ, ORCH_BENCH_MARK=mark)
+    out = tmp_path / "flood.json"
+    command = [sys.executable, str(BENCH / "logs_flood.py"), "--lines", "2000", "--reps", "1", "--kills", "2",
+               "--contenders", "redirect,orch", "--no-venv", "--json", str(out)]
+    try:
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=80)
+    finally:
+        kill_by_pid(marked("ORCH_BENCH_MARK", mark))
+    assert result.returncode == 0, result.stdout + result.stderr
+    results = json.loads(out.read_text())
+    for contender in ("redirect", "orch"):
+        summary = results["summary"][contender]
+        assert summary["exact"] == summary["runs"] == 1, (contender, summary, result.stdout)
+    assert len(results["restarts"]["flood"]["samples_s"]) == 2, result.stdout
+    assert "| orch |" in result.stdout

@@ -22,7 +22,9 @@ from orchestrator.spec.model import LogFormat
 Piece = Tuple[bytes, bool]
 Buffer = Union[bytes, memoryview]
 
-_OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK  # a FIFO never blocks the open
+# A FIFO never blocks the open (O_NONBLOCK), and a symlink planted where a log file goes
+# is refused (O_NOFOLLOW), not followed to a file someone else wanted appended to.
+_OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW
 _FILE_MODE = 0o640
 _DIR_MODE = 0o750
 # json.dumps(ensure_ascii=False) encodes a str with exactly this function.

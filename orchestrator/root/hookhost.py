@@ -36,6 +36,8 @@ QUEUE_ENV = "ORCH_HOOK_QUEUE"
 FINAL_GRACE = 1.0
 # A host that died is started again after this long (its queue kept, bounded as ever).
 RESTART_DELAY = 1.0
+# The longest report line kept while its end has not come.
+MAX_REPORT = 64 * 1024
 # A hook failing on every event is reported at most this often; the rest are counted.
 REPORT_EVERY = 1.0
 
@@ -174,7 +176,8 @@ class HookHost:
                 break
             self._reports += data
         *lines, rest = bytes(self._reports).split(b"\n")
-        self._reports = bytearray(rest)
+        # Only our host writes here, but plugin code runs in it: a line this long is nothing of ours.
+        self._reports = bytearray(rest if len(rest) <= MAX_REPORT else b"")
         for line in lines:
             try:
                 kind, text = json.loads(line)

@@ -167,3 +167,23 @@ def test_a_hook_that_cannot_keep_up_loses_events_past_the_queue_and_says_how_man
     delivered = [e for e in seen[:seen.index(lost)]]
     assert len(written[:upto]) - len(delivered) == count
     assert tree.stop() == 0
+
+
+def test_a_dead_hook_process_is_started_again_and_later_events_reach_it(orch_tree, orch_env, tmp_path):
+    seen = tmp_path / "hook.jsonl"
+    orch_env["EVENT_HOOK_OUT"] = str(seen)
+    tree = orch_tree(tree_with_hooks("ev6", SLEEPER))
+    helper = next(n["pid"] for n in tree.nodes() if n["kind"] == "helper")
+    os.kill(helper, signal.SIGKILL)
+    again = tree.wait_for(lambda: next((n["pid"] for n in tree.nodes()
+                                        if n["kind"] == "helper" and n["pid"] != helper), None),
+                          message="a new hook process")
+    assert psutil.Process(again).ppid() == tree.root_pid
+    old = pid_of(tree, "a")
+    os.kill(old, signal.SIGKILL)
+    new = tree.wait_for(lambda: replaced(tree, "a", old), message="a replaced")
+    wait_for(lambda: any(e["event"] == "started" and e["pid"] == new for e in events(seen)),
+             message="the new hook process got the replacement's start")
+    orch_log = (tree.log_dir / "orch.log").read_text()
+    assert "orch_event hooks exited (killed by SIGKILL)" in orch_log
+    assert tree.stop() == 0

@@ -292,6 +292,27 @@ def test_a_fifo_at_the_path_never_blocks(tmp_path):
     assert len(errors.messages) == 1 and str(path) in errors.messages[0]
 
 
+
+@pytest.mark.parametrize("target", ["file", "missing", "directory"])
+def test_a_symlink_planted_at_the_path_is_refused_not_followed(tmp_path, target):
+    victim = tmp_path / "victim"
+    if target == "file":
+        victim.write_text("keep me\n")
+    elif target == "directory":
+        victim.mkdir()
+    path = tmp_path / "w.log"
+    path.symlink_to(victim)
+    errors = Errors()
+    log = LogFile(str(path), 0, 0, errors)
+    log.write(b"one\n")
+    log.write(b"two\n")
+    assert len(errors.messages) == 1 and str(path) in errors.messages[0]
+    if target == "file":
+        assert victim.read_text() == "keep me\n"
+    else:
+        assert not victim.is_file()
+
+
 # ----- the relay: framing lines from a pipe ----------------------------------------
 
 

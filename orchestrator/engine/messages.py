@@ -33,6 +33,11 @@ class NodeEvent:
     event: Optional[str] = None
     exit_code: Optional[int] = None  # multiprocessing's: negative for a death by signal
     reason: Optional[str] = None  # why orch ended it: "watchdog: ...", "memory_limit: ..."
+    # A Ray worker (its supervisor has backend = "ray"): "ray", and where its actor runs.
+    backend: Optional[str] = None
+    host: Optional[str] = None
+    node_id: Optional[str] = None
+    actor_id: Optional[str] = None
 
 
 @attrs.frozen

@@ -12,7 +12,7 @@ import signal
 import sys
 import time
 from multiprocessing.connection import Connection
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from orchestrator.engine import child
 from orchestrator.engine import notify
@@ -35,7 +35,7 @@ from orchestrator.engine.uplink import PipeUplink, Uplink
 from orchestrator.engine.watch import ProcessWatch
 from orchestrator.policy import strategy
 from orchestrator.policy.plan import LiveChild, ReloadPlan, plan_reload
-from orchestrator.spec.model import NodeSpec, Restart, Strategy, TreeContext
+from orchestrator.spec.model import Backend, NodeSpec, Restart, Strategy, TreeContext
 
 # A fork that fails (EAGAIN, ENOMEM) is retried from a timer with backoff, so a
 # stop request still gets through while the machine is short of processes.
@@ -499,11 +499,24 @@ def supervisor_main(tree: TreeContext, node: NodeSpec, uplink: Connection, paren
 def run_child_supervisor(tree: TreeContext, node: NodeSpec, conn: Connection, parent_pid: int) -> int:
     """Run a supervisor below the root in this process, reporting to its parent over `conn`."""
     loop = Loop()
-    uplink = PipeUplink(conn, loop)
+    uplink: Uplink = PipeUplink(conn, loop)
     # orch.log has one writer, the root: our own messages travel up to it.
     output.forward_log(lambda text: uplink.send(LogLine(node.path, os.getpid(), text)))
-    supervisor = Supervisor(tree, node, uplink, loop, parent_pid)
+    starter: Any = None  # a RayStarter
+    if node.backend is Backend.RAY:
+        # Ray is imported here, in this process only, which never forks: its workers are actors.
+        from orchestrator.engine import ray_starter
+
+        try:
+            starter = ray_starter.RayStarter(node)
+        except Exception as error:  # no cluster at that address, say: a failure of this node
+            log(f"{node.path}: cannot connect to Ray ({node.ray.get('address', 'auto')}): {error}")
+            return 1
+        uplink = ray_starter.RayUplink(uplink, starter)
+    supervisor = Supervisor(tree, node, uplink, loop, parent_pid, starter=starter)
     try:
         return supervisor.run()
     finally:
         loop.close()
+        if starter is not None:
+            starter.close()  # no actor of ours is left on the cluster

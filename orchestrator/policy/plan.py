@@ -17,6 +17,8 @@ from orchestrator.spec.model import NodeSpec
 RESTART_KEYS: Tuple[str, ...] = ("worker", "args", "ready", "ready_timeout", "watchdog")  # sd_notify env is set at start
 # A process's environment, directory and user cannot change in place either.
 RESTART_KEYS += ("env", "cwd", "user", "group")
+# A Ray supervisor's connection and its workers' actor options are fixed when they start.
+RESTART_KEYS += ("backend", "ray", "ray_options")
 # max_memory/memory_check: read by the supervisor at each memory check.
 LIVE_KEYS = ("restart", "daemon", "stop_timeout", "backoff", "strategy", "intensity", "max_memory", "memory_check")
 # `held` (orch stop/start) is live too, but it is the root's, not the file's: the

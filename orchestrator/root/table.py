@@ -21,11 +21,17 @@ class NodeRecord:
     failures: int = 0  # exits orch did not cause
     ready: bool = False
     status: Optional[str] = None  # a worker's sd_notify STATUS=
+    # A Ray worker: "ray", and where its actor runs (its pid is on that host, not below the root).
+    backend: Optional[str] = None
+    host: Optional[str] = None
+    node_id: Optional[str] = None
+    actor_id: Optional[str] = None
 
     @classmethod
     def of(cls, event: NodeEvent) -> NodeRecord:
         return cls(pid=event.pid, state=event.state, restarts=event.restarts, started_at=event.started_at,
-                   failures=event.failures, ready=event.ready, status=event.status)
+                   failures=event.failures, ready=event.ready, status=event.status, backend=event.backend,
+                   host=event.host, node_id=event.node_id, actor_id=event.actor_id)
 
 
 NOT_STARTED = NodeRecord()

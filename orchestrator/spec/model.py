@@ -32,6 +32,13 @@ class Strategy(enum.Enum):
     REST_FOR_ONE = "rest_for_one"
 
 
+class Backend(enum.Enum):
+    """Where a supervisor's workers run: processes it forks, or Ray actors it creates."""
+
+    LOCAL = "local"
+    RAY = "ray"
+
+
 class Restart(enum.Enum):
     """OTP restart types; the values are the words users write in the tree file."""
 
@@ -112,6 +119,11 @@ class NodeSpec:
     ready: ReadyMode = DEFAULT_READY  # workers: when the process counts as started
     ready_timeout: float = DEFAULT_READY_TIMEOUT  # seconds to send READY=1 (ready = "notify")
     watchdog: float = DEFAULT_WATCHDOG  # seconds between WATCHDOG=1 once ready; 0 = off
+    # Ray (spec/ray_keys.py): a supervisor's `backend` and its `ray` connection settings;
+    # a worker of a Ray supervisor has the `ray_options` its actor is created with.
+    backend: Backend = Backend.LOCAL
+    ray: Mapping[str, Any] = attrs.field(factory=dict)
+    ray_options: Mapping[str, Any] = attrs.field(factory=dict)
 
     @property
     def is_supervisor(self) -> bool:

@@ -14,6 +14,7 @@ from orchestrator.spec.resolve import CatalogLoader
 from orchestrator.spec.source import KeyPath, SourceMap
 from orchestrator.spec import environ
 from orchestrator.spec import logconf
+from orchestrator.spec import ray_keys
 from orchestrator.spec.environ import ENV_KEYS, ProcessEnv
 from orchestrator.spec.values import CHECKS, Bad, describe, did_you_mean, name_problem, start_method
 from orchestrator.spec.model import (
@@ -25,6 +26,7 @@ from orchestrator.spec.model import (
     DEFAULT_START_METHOD,
     DEFAULT_STRATEGY,
     DEFAULT_WATCHDOG,
+    Backend,
     Backoff,
     Intensity,
     NodeSpec,
@@ -37,8 +39,8 @@ MAX_DEPTH = 32
 _MODULE = re.compile(r"[^\W\d]\w*(\.[^\W\d]\w*)*")
 _COMMON_KEYS = frozenset({"name", "restart", "daemon", "stop_timeout", "description", "backoff", "backoff_max",
                           "max_memory"}) | ENV_KEYS
-_SUPERVISOR_ONLY = frozenset({"children", "strategy", "max_restarts", "within", "memory_check"})
-_WORKER_ONLY = frozenset({"worker", "args", "replicas", "ready", "ready_timeout", "watchdog"})
+_SUPERVISOR_ONLY = frozenset({"children", "strategy", "max_restarts", "within", "memory_check", "backend", "ray"})
+_WORKER_ONLY = frozenset({"worker", "args", "replicas", "ready", "ready_timeout", "watchdog", "ray_options"})
 _ROOT_ONLY = frozenset({"start_method", "plugins", "log"})
 _ROOT_KEYS = _ROOT_ONLY | _SUPERVISOR_ONLY | {"name", "stop_timeout", "description"} | ENV_KEYS
 _ALLOWED = {
@@ -50,6 +52,7 @@ _ALLOWED = {
     None: _COMMON_KEYS | _SUPERVISOR_ONLY | _WORKER_ONLY,
 }
 _ALL_KEYS = _ROOT_KEYS | _ALLOWED[None]
+_CHECKS = {**CHECKS, "ray": ray_keys.ray_settings, "ray_options": ray_keys.ray_options}
 
 
 
@@ -136,6 +139,7 @@ class _Validator:
         start_method = self.start_method(data)
         self.plugins = self._plugins(data)
         log_values = logconf.check_table(data.get("log", {}), lambda keys, message: self.add(keys, "", message))
+        ray_keys.check_document(data, self.add)
         root = self._node(data, _At((), "", 0), "root")
         if root is None or self.problems:
             return None
@@ -214,9 +218,9 @@ class _Validator:
     def _values(self, data: Mapping[str, Any], at: _At, allowed: frozenset) -> Dict[str, Any]:
         values = {}
         for key, value in data.items():
-            if key in allowed and key in CHECKS:
+            if key in allowed and key in _CHECKS:
                 try:
-                    values[key] = CHECKS[key](key, value)
+                    values[key] = _CHECKS[key](key, value)
                 except Bad as bad:
                     self.add(at.keys + (key,), at.path, str(bad))
         return values
@@ -336,6 +340,9 @@ def _make_node(path: str, values: Mapping[str, Any], children: Tuple[NodeSpec, .
             initial=values.get("backoff", DEFAULT_BACKOFF.initial),
             cap=values.get("backoff_max", DEFAULT_BACKOFF.cap),
         ),
+        backend=values.get("backend", Backend.LOCAL),
+        ray=dict(values.get("ray", {})),
+        ray_options=dict(values.get("ray_options", {})),
     )
 
 
@@ -356,7 +363,8 @@ def _key_message(key: str, kind: Optional[str], allowed: frozenset) -> str:
         return _misplaced(key, kind)
     hint = did_you_mean(key, allowed) or did_you_mean(key, _ALL_KEYS)
     if not hint:
-        hint = f" (allowed here: {', '.join(sorted(allowed))})"
+        # `ray`/`ray_options` are left out: they are allowed only next to a Ray backend (ray_keys.py).
+        hint = f" (allowed here: {', '.join(sorted(allowed - ray_keys.ONLY_WITH_RAY))})"
     return f"unknown key {key!r}{hint}"
 
 

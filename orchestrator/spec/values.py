@@ -7,7 +7,7 @@ import math
 import re
 from typing import Any, Callable, Dict, Optional
 
-from orchestrator.spec.model import LogFormat, ReadyMode, Restart, StartMethod, Strategy
+from orchestrator.spec.model import Backend, LogFormat, ReadyMode, Restart, StartMethod, Strategy
 
 NAME = re.compile(r"[A-Za-z0-9_.-]+")
 # A name is also a directory and file name (run directory, titles, log files):
@@ -237,6 +237,7 @@ CHECKS: Dict[str, Callable[[str, Any], Any]] = {
     "ready": _choice(ReadyMode),
     "ready_timeout": _within,
     "watchdog": _non_negative_seconds,
+    "backend": _choice(Backend),  # "ray": spec/ray_keys.py checks the `ray` and `ray_options` tables
 }
 
 

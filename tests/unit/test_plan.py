@@ -80,6 +80,7 @@ def test_removed_children_are_listed_in_old_spec_order():
 @pytest.mark.parametrize("key, value", [
     ("args", {"interval": 2.0}),
     ("worker", "t.other"),
+    ("ray_options", {"num_cpus": 2}),  # an actor's options are fixed when it is created
 ])
 def test_restart_key_change_replaces_the_node(key, value):
     new = evolve_at(base(), "a", **{key: value})

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Generic, Iterable, Iterator, List, Optional, Sequence, TypeVar
@@ -16,7 +17,7 @@ from typing import Any, Callable, Dict, Generic, Iterable, Iterator, List, Optio
 import attrs
 
 from orchestrator.errors import UsageError
-from orchestrator.events import parse_rfc3339
+from orchestrator.events import Event, parse_rfc3339
 
 ORCH_LABEL = "orch"  # how orch.log's records are labelled and selected
 ORCH_FILE = "orch.log"
@@ -329,3 +330,19 @@ def follow(watcher: Watcher[T], emit: Callable[[List[T]], None], interval: float
         if stop():
             return
         time.sleep(interval)
+
+
+def event_fields(event: Event) -> str:
+    """`pid=123 exit_code=1 signal=SIGKILL restarts=2`: the fields that apply, as `orch events` shows them."""
+    return " ".join(f"{name}={value}" for name, value in (
+        ("pid", event.pid), ("exit_code", event.exit_code), ("signal", _signal_name(event.signal)),
+        ("restarts", event.restarts)) if value is not None)
+
+
+def _signal_name(number: Optional[int]) -> Optional[str]:
+    if number is None:
+        return None
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)

@@ -6,7 +6,6 @@ import io
 import json
 import re
 import select
-import signal
 import sys
 import time
 from pathlib import Path
@@ -192,21 +191,11 @@ def event_text(line: str, width: int = PATH_WIDTH) -> str:
         event = Event.from_dict(json.loads(line))
     except (ValueError, TypeError, AttributeError):
         return line
-    fields = " ".join(f"{name}={value}" for name, value in (
-        ("pid", event.pid), ("exit_code", event.exit_code), ("signal", _signal_name(event.signal)),
-        ("restarts", event.restarts)) if value is not None)
+    fields = logread.event_fields(event)
     columns = [rfc3339(event.ts)[:23] + "Z", f"{event.path or ROOT_LABEL:<{width}}", f"{event.event:<10}",
                fields, event.reason or ""]
     return "  ".join(column for column in columns if column).rstrip()
 
-
-def _signal_name(number: Optional[int]) -> Optional[str]:
-    if number is None:
-        return None
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return str(number)
 
 
 # ----- shared --------------------------------------------------------------------------------

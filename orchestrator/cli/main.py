@@ -21,6 +21,10 @@ if TYPE_CHECKING:
 def main(argv: Optional[List[str]] = None) -> int:
     streams.fill_closed_std_fds()  # first: nothing we open later may become fd 0, 1 or 2
     parser = _parser()
+    if "_ARGCOMPLETE" in os.environ:  # the shell asks for completions (`orch completion`)
+        from orchestrator.cli import completion
+
+        completion.autocomplete(parser)  # prints them and exits
     args = parser.parse_args(argv)
     try:
         code = args.func(args)
@@ -90,6 +94,8 @@ def _parser() -> argparse.ArgumentParser:
 
     remote.add_parsers(commands)
     logs.add_parsers(commands)
+    from orchestrator.cli import top  # `orch top`; rich is imported only when it runs
+    top.add_parsers(commands)
 
     validate = commands.add_parser("validate", help="check a tree file and report every problem")
     validate.add_argument("file")
@@ -99,6 +105,10 @@ def _parser() -> argparse.ArgumentParser:
     plugins.add_argument("--tree", metavar="FILE", help="also load the plugins this tree file names")
     plugins.add_argument("--json", action="store_true")
     plugins.set_defaults(func=cmd_plugins)
+
+    completion = commands.add_parser("completion", help="print the shell completion script (bash or zsh)")
+    completion.add_argument("shell", help="bash or zsh")
+    completion.set_defaults(func=cmd_completion)
     return parser
 
 
@@ -146,7 +156,10 @@ def _up_detached(file: str, tree: TreeSpec) -> int:
         pass_fds=(write_fd,), start_new_session=True,
     )
     os.close(write_fd)
-    with os.fdopen(read_fd, "rb") as ready:
+    from orchestrator.cli import progress
+
+    with os.fdopen(read_fd, "rb") as ready, progress.showing(
+            lambda: progress.nodes_started(name, (node.path for node in tree.nodes()), child.pid)):
         line = ready.readline().decode(errors="replace").strip()
     status, _, detail = line.partition(" ")
     if status == "ready":
@@ -202,3 +215,11 @@ def _summary(function: object) -> str:
     doc = (getattr(function, "__doc__", None) or "").strip()
     return doc.splitlines()[0] if doc else ""
 
+
+# ----- completion ----------------------------------------------------------------
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    from orchestrator.cli import completion
+
+    return completion.cmd_completion(args)

@@ -25,6 +25,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     tree = commands.add_parser("tree", help="show the live tree: pids, ppids, states, restarts")
     tree.add_argument("name", nargs="?", help="tree name (default: every running tree)")
     tree.add_argument("--json", action="store_true", help="machine-readable list of nodes")
+    tree.add_argument("--no-color", action="store_true", help="never color the states")
     tree.set_defaults(func=cmd_tree)
 
     down = commands.add_parser("down", help="stop a tree; returns when every process is gone")
@@ -61,7 +62,10 @@ def cmd_tree(args: argparse.Namespace) -> int:
         nodes = [dict(node, tree=reply["tree"]) for reply in replies for node in reply["nodes"]]
         print(json.dumps(nodes, indent=2))
         return EXIT_OK
-    blocks = [f"tree {reply['tree']} ({reply['file']})\n" + view.render_text(reply["tree"], reply["nodes"])
+    from orchestrator.cli import color
+
+    style = color.tree_style if color.use_color(args.no_color) else None
+    blocks = [f"tree {reply['tree']} ({reply['file']})\n" + view.render_text(reply["tree"], reply["nodes"], style)
               for reply in replies]
     print("\n\n".join(blocks))
     return EXIT_OK
@@ -74,7 +78,10 @@ def cmd_down(args: argparse.Namespace) -> int:
         print(f"orch: tree {name!r} is already stopping; waiting for it (`orch down --kill` "
               "to SIGKILL what is left)", file=sys.stderr)
     budget = reply["stop_budget"] + 5.0
-    alive = livetree.wait_gone(reply["pids"], timeout=budget)
+    from orchestrator.cli import progress
+
+    with progress.showing(lambda: progress.processes_gone(name, reply["pids"])):
+        alive = livetree.wait_gone(reply["pids"], timeout=budget)
     if alive:
         pids = ", ".join(str(pid) for pid in alive)
         raise RuntimeFailure(f"tree {name!r}: processes still alive after {budget:g}s: {pids}")
@@ -127,7 +134,10 @@ def _plan(args: argparse.Namespace, command: str) -> dict:
         raise
     request = {"cmd": command, "file": os.path.abspath(args.file), "shown": args.file, "text": text}
     if command == "reload":
-        reply = control.request(name, _waiting(request), timeout=WAIT_LIMIT + READ_SLACK)
+        from orchestrator.cli import progress
+
+        with progress.showing(lambda: progress.nodes_settling(name, f"reloading tree {name!r}"), args.json):
+            reply = control.request(name, _waiting(request), timeout=WAIT_LIMIT + READ_SLACK)
     else:
         reply = control.request(name, request)
     if reply.get("problems"):
@@ -158,13 +168,21 @@ def cmd_node(args: argparse.Namespace) -> int:
     once if not), acts, and answers once the tree has settled with the node where the
     command sent it, or held meanwhile by a concurrent `orch stop` (it will not run)."""
     name = one_tree(args.name)
-    reply = ask(name, _waiting({"cmd": args.command, "path": args.path}), timeout=WAIT_LIMIT + READ_SLACK)
+    from orchestrator.cli import progress
+
+    verb, count = _NODE_PROGRESS[args.command]
+    with progress.showing(lambda: progress.nodes_settling(name, f"{verb} {name}/{args.path}", args.path, count)):
+        reply = ask(name, _waiting({"cmd": args.command, "path": args.path}), timeout=WAIT_LIMIT + READ_SLACK)
     node, holder = reply["node"], reply["holder"]
     if node is None:
         raise RuntimeFailure(f"node {args.path!r} is gone from the tree")
     print(f"orch: {name}/{args.path}: {node['state']}" + (f" (pid {node['pid']})" if node["pid"] else "")
           + (f"; {holder} was stopped meanwhile (held)" if holder else ""), file=sys.stderr)
     return EXIT_OK if reply["wanted"] else EXIT_FAILURE
+
+
+# The progress line of `orch restart|start|stop PATH`: its verb, and which nodes of the subtree are done.
+_NODE_PROGRESS = {"restart": ("restarting", "again"), "start": ("starting", "running"), "stop": ("stopping", "stopped")}
 
 
 def _waiting(request: dict) -> dict:

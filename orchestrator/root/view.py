@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from typing import AbstractSet, Dict, List, Mapping, Optional, Tuple
+from typing import AbstractSet, Callable, Dict, List, Mapping, Optional, Tuple
 
 import psutil
 
@@ -31,9 +31,10 @@ def build_rows(tree: TreeSpec, table: Mapping[str, NodeRecord], live: Mapping[in
         entry = table.get(node.path, NOT_STARTED) if node.path else NodeRecord(
             pid=root_pid, state=root_state, started_at=root_started)
         pid = entry.pid
-        proc = live.get(pid) if pid else None
+        remote = entry.backend == "ray"  # its pid is on its Ray node, not below the root: not looked up
+        proc = live.get(pid) if pid and not remote else None
         state = entry.state
-        if pid and proc is None:
+        if pid and proc is None and not remote:
             state, pid = NodeState.MISSING, None
         started = entry.started_at
         pids.append(pid)
@@ -47,11 +48,16 @@ def build_rows(tree: TreeSpec, table: Mapping[str, NodeRecord], live: Mapping[in
             # READY=1 seen (`ready = "notify"`), a worker running, a subtree up; sd_notify STATUS=.
             "ready": bool(pid) and (entry.ready if node.path else root_ready),
             "status": entry.status if pid else None,
+            "backend": entry.backend or "local",
+            # A Ray worker's place: host and Ray node id of its actor (its pid is that host's).
+            "host": entry.host if remote and pid else None,
+            "node_id": entry.node_id if remote and pid else None,
+            "actor_id": entry.actor_id if remote and pid else None,
         })
     _mark_drift(rows)
     group_rss = _group_rss(live)
     for row, pid in zip(rows, pids):
-        proc = live.get(pid) if pid else None
+        proc = live.get(pid) if pid and row["backend"] != "ray" else None
         row["rss"] = None if proc is None or proc.rss is None else proc.rss + group_rss.get(proc.pid, 0)
         row["cpu"] = cpu.get(pid) if pid else None
     return rows + _helpers(rows, live, now, being_repaired, cpu)
@@ -71,7 +77,9 @@ def _mark_drift(rows: List[dict]) -> None:
     pid_of = {row["path"]: row["pid"] for row in rows}
     for row in rows:
         parent_pid = pid_of.get(row["parent"]) if row["parent"] is not None else None
-        wrong_parent = row["pid"] is not None and parent_pid is not None and row["ppid"] != parent_pid
+        # A Ray worker's OS parent is Ray's worker machinery on its node, never its supervisor.
+        local = row.get("backend") != "ray"
+        wrong_parent = local and row["pid"] is not None and parent_pid is not None and row["ppid"] != parent_pid
         row["drift"] = wrong_parent or row["state"] == NodeState.MISSING
 
 
@@ -118,15 +126,23 @@ def _helper_name(proc: LiveProcess) -> str:
     return proc.name or "?"
 
 
-def render_text(tree_name: str, rows: List[dict]) -> str:
-    """A pstree-like view with aligned columns."""
+def render_text(tree_name: str, rows: List[dict], style: Optional[Callable[[str, str], str]] = None) -> str:
+    """A pstree-like view with aligned columns.
+
+    `style(text, role)` may decorate a cell (the CLI colors it on a terminal); widths are
+    taken from the plain text, so decorations never shift a column. Roles: `header`, a
+    node's state (`running`, `backoff`, ...; `held` for a held node's `stopped`, `helper`
+    for a helper's OS status word), and the KIND flags `held` and `drift` (a drifting
+    node's name too).
+    """
+    paint = style or _unstyled
     children: Dict[Optional[str], List[dict]] = {}
     for row in rows:
         children.setdefault(row["parent"], []).append(row)
-    labels: List[Tuple[str, dict]] = []
+    labels: List[Tuple[str, str, dict]] = []
 
     def walk(row: dict, prefix: str, tail: str) -> None:
-        labels.append((prefix + row["name"], row))
+        labels.append((prefix, row["name"], row))
         kids = children.get(row["path"], [])
         for index, kid in enumerate(kids):
             last = index == len(kids) - 1
@@ -134,47 +150,78 @@ def render_text(tree_name: str, rows: List[dict]) -> str:
 
     for root in children.get(None, []):
         walk(root, "", "")
-    width = max(len(label) for label, _ in labels)
+    width = max(len(prefix + name) for prefix, name, _ in labels)
     header = f"{'NODE':<{width}}  {'PID':>7}  {'PPID':>7}  {'STATE':<10}  {'RESTARTS':>8}  {'UPTIME':>8}  {'RSS':>7}  {'CPU%':>6}  KIND"
-    lines = [header]
-    for label, row in labels:
-        flags = [flag for flag in ("daemon", "held", "drift") if row.get(flag)]
-        kind = ", ".join([row["kind"]] + [flag.upper() if flag == "drift" else flag for flag in flags])
-        lines.append(f"{label:<{width}}  {_num(row['pid']):>7}  {_num(row['ppid']):>7}  "
-                     f"{row['state']:<10}  {row['restarts']:>8}  {_duration(row['uptime']):>8}  "
-                     f"{_bytes(row.get('rss')):>7}  {_percent(row.get('cpu')):>6}  {kind}"
-                     + (f"  ({row['status']})" if row.get("status") else ""))
-    return "\n".join(lines)
+    return "\n".join([paint(header, "header")] + [_line(prefix, name, row, width, paint)
+                                                   for prefix, name, row in labels])
+
+
+def _line(prefix: str, name: str, row: dict, width: int, paint: Callable[[str, str], str]) -> str:
+    """One row of the text view; pads are counted on the plain text, outside `paint`."""
+    flags = [flag for flag in ("daemon", "held", "drift") if row.get(flag)]
+    place = [_ray_place(row)] if row.get("backend") == "ray" else []
+    kind = ", ".join([row["kind"]] + place
+                     + [paint(flag.upper() if flag == "drift" else flag, flag) for flag in flags])
+    state = str(row["state"])
+    return (prefix + paint(name, "drift" if row.get("drift") else "") + " " * (width - len(prefix + name))
+            + f"  {_num(row['pid']):>7}  {_num(row['ppid']):>7}  "
+            + paint(state, _state_role(row)) + " " * (10 - len(state))
+            + f"  {row['restarts']:>8}  {duration(row['uptime']):>8}  "
+            + f"{size(row.get('rss')):>7}  {percent(row.get('cpu')):>6}  {kind}"
+            + (f"  ({row['status']})" if row.get("status") else ""))
+
+
+def _ray_place(row: dict) -> str:
+    """`ray host/1a2b3c4d`: where a Ray worker runs (its PID is that host's); `ray` while it runs nowhere."""
+    if not row.get("host"):
+        return "ray"
+    return f"ray {row['host']}/{(row.get('node_id') or '')[:8]}"
+
+
+def _unstyled(text: str, role: str) -> str:
+    return text
+
+
+def _state_role(row: dict) -> str:
+    """The role of a row's state cell: the state; `held` for a node stopped by `orch stop`;
+    `helper` for a helper's OS status word."""
+    if row["kind"] == "helper":
+        return "helper"
+    return "held" if row.get("held") and row["state"] == "stopped" else str(row["state"])
 
 
 def _num(value: Optional[int]) -> str:
     return "-" if value is None else str(value)
 
 
-def _bytes(value: Optional[int]) -> str:
-    """12.3M: binary units, one decimal."""
+def size(value: Optional[float]) -> str:
+    """12.3M: binary units, one decimal (also `orch top`'s)."""
     if value is None:
         return "-"
     if value < 1024:
-        return f"{value}B"
+        return f"{int(value)}B"
     amount = float(value)
+    unit = "K"
     for unit in "KMGT":
         amount /= 1024
-        if amount < 1024 or unit == "T":
+        if amount < 1024:
             break
     return f"{amount:.1f}{unit}"
 
 
-def _percent(value: Optional[float]) -> str:
+def percent(value: Optional[float]) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
-def _duration(seconds: Optional[float]) -> str:
+def duration(seconds: Optional[float]) -> str:
+    """42s, 3m05s, 2h07m, 3d04h."""
     if seconds is None:
         return "-"
-    seconds = int(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"

@@ -1,4 +1,7 @@
-"""The bare reference: the least a multiprocessing supervisor of N sleepers can do (fork, sentinels)."""
+"""The bare reference: the least a multiprocessing supervisor of N sleepers can do (sentinels + wait).
+
+    python bare.py N [fork|spawn]     # fork by default; spawn is the reference for orch-spawn
+"""
 import ctypes
 import multiprocessing
 import signal
@@ -24,8 +27,8 @@ def sleeper():
     time.sleep(10**9)
 
 
-def main(n: int) -> None:
-    ctx = multiprocessing.get_context("fork")
+def main(n: int, method: str = "fork") -> None:
+    ctx = multiprocessing.get_context(method)
     procs = {}
 
     def start():
@@ -49,4 +52,4 @@ def main(n: int) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]))
+    main(int(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "fork")

@@ -62,19 +62,26 @@ def leaf_orch(table: ProcTable, pid: int) -> bool:
 # ----- bare -----------------------------------------------------------------
 
 
-def launch_bare(workdir: Path, n: int, env: Dict[str, str]) -> Launch:
-    def stop(pid: int) -> None:
-        os.kill(pid, signal.SIGTERM)
+def _sigterm(pid: int) -> None:
+    os.kill(pid, signal.SIGTERM)
 
-    return Launch([sys.executable, str(BENCH / "bare.py"), str(n)], env, leaf_bare, stop)
+
+def bare_launcher(start_method: str):
+    def launch(workdir: Path, n: int, env: Dict[str, str]) -> Launch:
+        return Launch([sys.executable, str(BENCH / "bare.py"), str(n), start_method], env, leaf_bare, _sigterm)
+
+    return launch
 
 
 # ----- orch -----------------------------------------------------------------
 
 
 def orch_tree_text(name: str, n: int, start_method: str, supervisors: int = 0) -> str:
-    """A root with n `orch.sleep` workers, or with `supervisors` supervisors sharing them."""
+    """A root with n `orch.sleep` workers, or with `supervisors` supervisors sharing them
+    (a negative number: -k means supervisors of k workers each, n/k of them)."""
     lines = [f'name = "{name}"', f'start_method = "{start_method}"', *ORCH_INTENSITY, ""]
+    if supervisors < 0:
+        supervisors = max(1, n // -supervisors)
     if not supervisors:
         for index in range(n):
             lines += ["[[children]]", f'name = "w{index}"', *ORCH_WORKER, ""]
@@ -162,6 +169,40 @@ def launch_circus(workdir: Path, n: int, env: Dict[str, str]) -> Launch:
                   lambda pid: _run([_bin("circusctl"), "--endpoint", endpoint, "quit"], env))
 
 
+# ----- PM2 ------------------------------------------------------------------
+
+PM2_DIR = BENCH / ".venv" / "pm2"  # where bench/logs_flood.py and run.py install it with npm
+
+
+def pm2_runtime() -> Path:
+    return PM2_DIR / "node_modules" / ".bin" / "pm2-runtime"
+
+
+def launch_pm2(workdir: Path, n: int, env: Dict[str, str]) -> Launch:
+    """pm2-runtime in the foreground: one app, N fork-mode instances of the sleep program
+    (exec'd as is: interpreter none), restarted at once, however soon after start it died."""
+    import json
+
+    app = workdir / "pm2.json"
+    app.write_text(json.dumps({"apps": [{
+        "name": "sleep", "script": sys.executable, "args": ["-c", SLEEP_CODE], "interpreter": "none",
+        "exec_mode": "fork", "instances": n, "autorestart": True, "restart_delay": 0, "min_uptime": 0,
+        "max_restarts": 100000000, "out_file": "/dev/null", "error_file": "/dev/null", "merge_logs": True,
+    }]}))
+    env = dict(env, PM2_HOME=str(workdir / "pm2home"))
+    return Launch([str(pm2_runtime()), "start", str(app)], env, leaf_sleep_program, _sigterm)
+
+
+def pm2_missing() -> Optional[str]:
+    import shutil
+
+    if not (shutil.which("node") and shutil.which("npm")):
+        return "node/npm not found on this machine (PM2 needs them)"
+    if not pm2_runtime().exists():
+        return f"{pm2_runtime()} is not installed (npm install --prefix {PM2_DIR} pm2)"
+    return None
+
+
 # ----- the roster -------------------------------------------------------------
 
 
@@ -169,10 +210,13 @@ def launch_circus(workdir: Path, n: int, env: Dict[str, str]) -> Launch:
 class Contender:
     name: str
     launch: Callable[[Path, int, Dict[str, str]], Launch]
-    needs: Optional[str] = None  # a module that must be importable
+    needs: Optional[str] = None  # a module that must be importable ("pm2": the npm package)
     description: str = ""
+    reference: str = "bare"  # what its ratios are taken against (the bare loop of its start method)
 
     def missing(self) -> Optional[str]:
+        if self.needs == "pm2":
+            return pm2_missing()
         if self.needs and importlib.util.find_spec(self.needs) is None:
             return f"module {self.needs!r} is not installed in {sys.executable}"
         return None
@@ -183,15 +227,22 @@ class Contender:
 
 
 ROSTER = [
-    Contender("bare", launch_bare, description="bench/bare.py: multiprocessing fork, sentinels + wait()"),
+    Contender("bare", bare_launcher("fork"), description="bench/bare.py: multiprocessing fork, sentinels + wait()"),
+    Contender("bare-spawn", bare_launcher("spawn"), description="bench/bare.py spawn: the same loop, spawn context",
+              reference="bare"),
     Contender("orch-fork", orch_launcher("fork"), "orchestrator",
               "orch up, start_method fork, N workers under the root"),
     Contender("orch-spawn", orch_launcher("spawn"), "orchestrator",
-              "orch up, start_method spawn, N workers under the root"),
+              "orch up, start_method spawn, N workers under the root", reference="bare-spawn"),
     Contender("orch-tree3", orch_launcher("fork", supervisors=10), "orchestrator",
               "orch up, fork, 3 levels: 10 supervisors x N/10 workers"),
+    Contender("orch-tree100", orch_launcher("fork", supervisors=-100), "orchestrator",
+              "orch up, fork, 3 levels: N/100 supervisors x 100 workers (the scale run)"),
     Contender("supervisord", launch_supervisord, "supervisor",
               "supervisord -n, one program with numprocs = N"),
     Contender("circus", launch_circus, "circus", "circusd, one watcher with numprocesses = N"),
+    Contender("pm2", launch_pm2, "pm2", "pm2-runtime, one app of N fork-mode instances, restart_delay 0"),
 ]
+# What `python3 bench/run.py` measures unless --contenders says otherwise (orch-tree100 is for --scale).
+DEFAULT = [c.name for c in ROSTER if c.name != "orch-tree100"]
 BY_NAME = {contender.name: contender for contender in ROSTER}

@@ -1,6 +1,7 @@
 """Benchmark entry point: set up bench/.venv, run every contender at every size, write the results.
 
-    python3 bench/run.py                 # everything, as in RESULTS.md
+    python3 bench/run.py                 # everything, as in RESULTS.md (then the scale run)
+    python3 bench/run.py --scale         # only the scale run: N = 1000, 2500, 5000 (bench/scale/)
     python3 bench/run.py --quick --no-venv --contenders bare,orch-fork --out /tmp/x
 """
 from __future__ import annotations
@@ -48,7 +49,7 @@ class Settings:
 
 
 def parse_args(argv: List[str]) -> argparse.Namespace:
-    from contenders import BY_NAME
+    from contenders import BY_NAME, DEFAULT
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10,100,1000", help="comma-separated N (default 10,100,1000)")
@@ -58,8 +59,13 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     parser.add_argument("--restart-budget", type=float, default=50.0,
                         help="seconds per run for those kills; slow restarters do fewer (default 50)")
     parser.add_argument("--idle", type=float, default=10.0, help="idle CPU window in seconds (default 10)")
-    parser.add_argument("--contenders", default=",".join(BY_NAME),
-                        help=f"comma-separated subset of {', '.join(BY_NAME)}")
+    parser.add_argument("--contenders", default=None,
+                        help=f"comma-separated subset of {', '.join(BY_NAME)} (default {','.join(DEFAULT)}; "
+                             f"with --scale {','.join(SCALE_CONTENDERS)})")
+    parser.add_argument("--scale", action="store_true",
+                        help=f"only the scale run: N = {','.join(map(str, SCALE_SIZES))} (flat tree and "
+                             "supervisors of 100), 1 rep, 10 kills, no profile; writes OUT/scale/")
+    parser.add_argument("--no-scale", action="store_true", help="skip the scale run after the main one")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: N=5, 1 rep, 3 kills, 1 s idle window, no profile")
     parser.add_argument("--no-venv", action="store_true",
@@ -70,14 +76,28 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=BENCH,
                         help="directory for RESULTS.md, results.json and the plot (default bench/)")
     args = parser.parse_args(argv)
+    if args.contenders is None:
+        args.contenders = ",".join(SCALE_CONTENDERS if args.scale else DEFAULT)
     unknown = [name for name in args.contenders.split(",") if name not in BY_NAME]
     if unknown:
         parser.error(f"unknown contender(s) {', '.join(unknown)}; known: {', '.join(BY_NAME)}")
     return args
 
 
+# The scale run: a flat tree and a 3-level one (supervisors of 100 workers) against bare, up to
+# 5000 leaves, to show how each figure grows with N.
+SCALE_SIZES = [1000, 2500, 5000]
+SCALE_CONTENDERS = ["bare", "orch-fork", "orch-tree100"]
+
+
+def scale_settings(contenders: List[str]) -> Settings:
+    return Settings(SCALE_SIZES, 1, 10, 10.0, 1.0, 2.0, 5, 1, 20.0, contenders=contenders)
+
+
 def settings_from(args: argparse.Namespace) -> Settings:
     contenders = args.contenders.split(",")
+    if args.scale:
+        return scale_settings(contenders)
     if args.quick:
         return Settings([5], 1, 3, 1.0, 0.3, 1.0, 2, 1, 10.0, contenders=contenders)
     sizes = [int(size) for size in args.sizes.split(",")]
@@ -92,6 +112,8 @@ def ensure_venv(argv: List[str]) -> None:
     """Re-run this script inside bench/.venv, creating and filling it first if needed."""
     if Path(sys.prefix).resolve() == VENV.resolve():
         return
+    from logs_flood import install_pm2
+
     python = VENV / "bin" / "python"
     wanted = (BENCH / "requirements.txt").read_text() + (REPO / "pyproject.toml").read_text()
     stamp = VENV / ".installed"
@@ -105,6 +127,7 @@ def ensure_venv(argv: List[str]) -> None:
         if result.returncode != 0:
             sys.exit(f"pip install failed:\n{result.stdout}{result.stderr}")
         stamp.write_text(wanted)
+    install_pm2()  # PM2 with npm into bench/.venv/pm2, where npm exists (skipped with a note otherwise)
     os.execv(str(python), [str(python), str(Path(__file__).resolve()), *argv])
 
 
@@ -238,19 +261,34 @@ def main(argv: List[str]) -> int:
     prepare_process()
 
     settings = settings_from(args)
+    if args.scale:
+        measure(settings, args.out / "scale", profile=False)
+        return 0
+    measure(settings, args.out, profile=not (args.quick or args.no_profile), after=None if (
+        args.quick or args.no_scale) else lambda: measure(scale_settings(SCALE_CONTENDERS), args.out / "scale",
+                                                          profile=False))
+    return 0
+
+
+def measure(settings: Settings, out: Path, profile: bool, after=None) -> None:
+    """One run of `settings` into `out` (RESULTS.md, results.json, the plot); `after` (the scale
+    run) is measured before the report is written, so RESULTS.md shows both."""
+    import report
+
     started = time.time()
     print(f"running {', '.join(settings.contenders)} at N={settings.sizes}, {settings.reps} reps", flush=True)
     results = {"settings": asdict(settings), "machine": report.machine(), "started": started}
     results.update(run_all(settings))
-    if not (args.quick or args.no_profile) and "orch-fork" in settings.contenders:
+    if profile and "orch-fork" in settings.contenders:
         import profile_orch
 
-        results["profile"] = profile_orch.profile(max(settings.sizes), args.out / "profile", settings)
+        results["profile"] = profile_orch.profile(max(settings.sizes), out / "profile", settings)
     results["duration_s"] = time.time() - started
-    args.out.mkdir(parents=True, exist_ok=True)
-    report.write_all(results, args.out)
-    print(f"wrote {args.out / 'RESULTS.md'} in {results['duration_s'] / 60:.1f} min", flush=True)
-    return 0
+    if after is not None:
+        after()
+    out.mkdir(parents=True, exist_ok=True)
+    report.write_all(results, out)
+    print(f"wrote {out / 'RESULTS.md'} in {(time.time() - started) / 60:.1f} min", flush=True)
 
 
 if __name__ == "__main__":

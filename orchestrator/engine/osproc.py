@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import os
 import signal
-from typing import Iterable, Iterator, List, Optional, Union
+from typing import Any, Iterable, Iterator, List, Optional, Union
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
@@ -21,12 +20,23 @@ BLOCKED_AROUND_FORK = HANDLED_SIGNALS + (signal.SIGCHLD,)
 # Sent to a supervisor to make it SIGKILL its subtree at once and exit: the fast
 # path for daemon supervisors and for a second Ctrl-C.
 KILL_SUBTREE = signal.SIGUSR1
+# The C module `signal` wraps: the same calls without turning every number into an enum
+# member (which costs a restart's fork and its child measurable time: they run on every start).
+C_SIGNAL: Any = getattr(signal, "_signal", signal)
+_BLOCKED_NUMBERS = [int(signum) for signum in BLOCKED_AROUND_FORK]
 
 
 def _libc() -> Optional[ctypes.CDLL]:
+    """The C library, found through the running program's own symbols (dlopen(NULL)): no
+    ctypes.util.find_library, which runs ldconfig or a compiler in every process that asks."""
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-    except OSError:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if hasattr(libc, "prctl"):
+            return libc
+        from ctypes.util import find_library
+
+        return ctypes.CDLL(find_library("c") or None, use_errno=True)
+    except (OSError, AttributeError):
         return None
 
 
@@ -104,15 +114,24 @@ def ensure_fd_limit(needed: int) -> None:
 
 @contextlib.contextmanager
 def signals_blocked() -> Iterator[None]:
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, BLOCKED_AROUND_FORK)
+    old = C_SIGNAL.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED_NUMBERS)
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        C_SIGNAL.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def unblock_handled_signals() -> None:
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, BLOCKED_AROUND_FORK)
+    C_SIGNAL.pthread_sigmask(signal.SIG_UNBLOCK, _BLOCKED_NUMBERS)
+
+
+def reset_signals_after_start() -> None:
+    """In a new node process: no wakeup fd, default dispositions for what the parent handled,
+    SIGINT raising KeyboardInterrupt (signals stay blocked: the caller unblocks them)."""
+    C_SIGNAL.set_wakeup_fd(-1)
+    for signum in _BLOCKED_NUMBERS:
+        C_SIGNAL.signal(signum, C_SIGNAL.SIG_DFL)
+    C_SIGNAL.signal(int(signal.SIGINT), C_SIGNAL.default_int_handler)
 
 
 def children_of_self() -> List[int]:

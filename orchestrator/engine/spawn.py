@@ -1,7 +1,9 @@
 """Parent side of a node process: start it with multiprocessing, signal it, reap it.
 
 What runs in the child is the caller's: `start_node` takes its target, so this
-module knows nothing of workers or supervisors beyond which pipes each needs.
+module knows nothing of workers or supervisors beyond which pipes each needs, and
+that a worker spawned with `child.worker_main` is started through its light
+variant (`child.spawn_entry`: plain values, so the new interpreter imports little).
 """
 from __future__ import annotations
 
@@ -11,10 +13,11 @@ import os
 import time
 from multiprocessing.connection import Connection
 from signal import SIGKILL
-from typing import Callable, List, Optional, Protocol, Union
+from typing import Callable, List, Optional, Protocol, Tuple, Union
 
 import attrs
 
+from orchestrator.engine import child
 from orchestrator.engine import osproc
 from orchestrator.spec.model import NodeSpec, StartMethod, TreeContext
 
@@ -76,9 +79,11 @@ def start_node(mp_context: MpContext, tree: TreeContext, node: NodeSpec, target:
         ours, theirs = mp_context.Pipe(duplex=True)
     else:
         theirs = _worker_pipes(read_fds)
-    process = mp_context.Process(
-        target=target, args=(tree, node, theirs, os.getpid()), name=f"orch:{tree.name}/{node.path}"
-    )
+    entry: Callable[..., None] = target
+    args: Tuple[object, ...] = (tree, node, theirs, os.getpid())
+    if target is child.worker_main and isinstance(theirs, WorkerPipes) and tree.start_method is StartMethod.SPAWN:
+        entry, args = child.spawn_entry(tree, node, theirs, os.getpid())
+    process = mp_context.Process(target=entry, args=args, name=f"orch:{tree.name}/{node.path}")
     try:
         with osproc.signals_blocked():
             process.start()

@@ -1,15 +1,49 @@
 """Process titles: `ps` shows which node a process is, and leftovers of a tree can be found by it."""
 from __future__ import annotations
 
-from typing import Callable, Iterator, Optional
+import os
+import sys
+from typing import TYPE_CHECKING, Callable, Iterator, Optional, cast
 
-import psutil
+if TYPE_CHECKING:  # psutil only where claimants() runs (the root): every node process imports us
+    import psutil
 
-_set_title: Optional[Callable[[str], None]]
-try:  # setproctitle rewrites argv so `ps` shows the title; without it, titles are skipped
-    from setproctitle import setproctitle as _set_title
-except ImportError:  # pragma: no cover - setproctitle is a dependency; this is graceful decline
-    _set_title = None
+
+
+def _load_set_title() -> Optional[Callable[[str], None]]:
+    """setproctitle's C function. Its package's `__init__` imports `logging` (to log a missing C
+    module), about 5 ms in every spawned worker, so the C module is loaded on its own when it
+    can be (registered under its usual name: a later `import setproctitle` uses it); the
+    package as usual otherwise. None without setproctitle: titles are skipped."""
+    try:
+        import importlib.machinery
+        import importlib.util
+
+        name = "setproctitle._setproctitle"
+        module = sys.modules.get(name)
+        if module is None:
+            package = importlib.util.find_spec("setproctitle")
+            folder = (package.submodule_search_locations or [""])[0] if package else ""
+            found = [os.path.join(folder, entry) for entry in os.listdir(folder) if entry.startswith("_setproctitle")
+                     and entry.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))]
+            loader = importlib.machinery.ExtensionFileLoader(name, found[0])
+            spec = importlib.util.spec_from_file_location(name, found[0], loader=loader)
+            assert spec is not None
+            module = importlib.util.module_from_spec(spec)
+            loader.exec_module(module)
+            sys.modules[name] = module
+        return cast(Callable[[str], None], module.setproctitle)
+    except Exception:  # noqa: BLE001 - any surprise: the ordinary import below
+        pass
+    try:  # setproctitle rewrites argv so `ps` shows the title
+        from setproctitle import setproctitle
+
+        return setproctitle
+    except ImportError:  # pragma: no cover - setproctitle is a dependency; this is graceful decline
+        return None
+
+
+_set_title = _load_set_title()
 
 PREFIX = "orch: "
 
@@ -31,11 +65,36 @@ def set_guardian_title(tree: str) -> None:
 
 
 def claimants(tree: str) -> Iterator[psutil.Process]:
-    """Processes whose title says they belong to `tree`."""
+    """Processes whose title says they belong to `tree`.
+
+    Every process's /proc/PID/cmdline is read directly (the root does this every 30 s,
+    so with a tree of thousands it must stay cheap); psutil is used for the matches only.
+    """
+    import psutil
+
     node_prefix = f"{PREFIX}{tree}/"
     root_title = node_title(tree, "")
-    for proc in psutil.process_iter(["cmdline"], ad_value=None):
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
         # psutil splits a rewritten argv on spaces, so compare the joined line.
-        title = " ".join(proc.info["cmdline"] or [])
+        title = _cmdline(name)
         if title.startswith(node_prefix) or title == root_title:
-            yield proc
+            try:
+                yield psutil.Process(int(name))
+            except psutil.Error:
+                continue
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        fd = os.open(f"/proc/{pid}/cmdline", os.O_RDONLY)
+    except OSError:
+        return ""
+    try:
+        data = os.read(fd, 4096)
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
+    return data.rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace")

@@ -1,21 +1,21 @@
-"""The OS's view of a running tree: a psutil snapshot of the root and its descendants."""
+"""The OS's view of a running tree: the root and its descendants, read from /proc."""
 from __future__ import annotations
 
 import os
 import time
-from typing import Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple
 
-import attrs
-import psutil
+# psutil's status words, by the state letter of /proc/PID/stat (psutil's _pslinux.PROC_STATUSES).
+_STATUS = {"R": "running", "S": "sleeping", "D": "disk-sleep", "T": "stopped", "t": "tracing-stop",
+           "Z": "zombie", "X": "dead", "x": "dead", "K": "wake-kill", "W": "waking", "I": "idle", "P": "parked"}
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+_boot_time: Optional[float] = None
 
-_ATTRS = ["pid", "ppid", "status", "create_time", "name"]
-# Read in the same pass (psutil's oneshot: cpu_times comes from the /proc/PID/stat already
-# read for the attributes above; memory_info adds /proc/PID/statm).
-_USAGE = ["memory_info", "cpu_times"]
 
+class LiveProcess(NamedTuple):
+    """One process as /proc shows it (a tuple: thousands are made per `orch tree`)."""
 
-@attrs.frozen
-class LiveProcess:
     pid: int
     ppid: Optional[int]
     status: Optional[str]
@@ -27,32 +27,136 @@ class LiveProcess:
 
 
 def snapshot(root_pid: int) -> Dict[int, LiveProcess]:
-    """Every live process at or below `root_pid`, read in one pass over /proc."""
-    by_pid: Dict[int, dict] = {}
-    for proc in psutil.process_iter(_ATTRS + _USAGE, ad_value=None):
-        info = proc.info
-        by_pid[info["pid"]] = info
-    children: Dict[Optional[int], List[int]] = {}
-    for info in by_pid.values():
-        children.setdefault(info["ppid"], []).append(info["pid"])
+    """Every live process at or below `root_pid` (zombies included, as psutil lists them).
+
+    Reads /proc/PID/stat of the tree's processes only, found by walking down from
+    `root_pid` through /proc/PID/task/TID/children: two small reads per process of the
+    tree, whatever else the machine runs. When the tree is most of the machine (as the
+    last snapshot says), one read per process of the machine is fewer: every stat is
+    read and the tree is found by ppid.
+    """
+    global _last_size
+    names = os.listdir("/proc") if _last_size > _WALK_ALWAYS else None
+    if names is not None and len(names) < 2 * _last_size:
+        found = _by_ppid(root_pid, [int(name) for name in names if name.isdigit()])
+    else:
+        found = _walk(root_pid)
+    _last_size = len(found)
+    return found
+
+
+# Trees up to this size are always walked; above it, the cheaper of the two ways is taken.
+_WALK_ALWAYS = 256
+_last_size = 0
+
+
+def _walk(root_pid: int) -> Dict[int, LiveProcess]:
     found: Dict[int, LiveProcess] = {}
-    stack = [root_pid] if root_pid in by_pid else []
+    stack = [root_pid]
     while stack:
         pid = stack.pop()
-        found[pid] = _live(by_pid[pid])
+        if pid in found:
+            continue
+        read = _read_stat(pid)
+        if read is None:
+            continue  # gone meanwhile
+        proc, threads = read
+        found[pid] = proc
+        stack.extend(_children(pid, threads))
+    return found
+
+
+def _by_ppid(root_pid: int, pids: List[int]) -> Dict[int, LiveProcess]:
+    every: Dict[int, LiveProcess] = {}
+    children: Dict[Optional[int], List[int]] = {}
+    for pid in pids:
+        read = _read_stat(pid)
+        if read is not None:
+            every[pid] = read[0]
+            children.setdefault(read[0].ppid, []).append(pid)
+    found: Dict[int, LiveProcess] = {}
+    stack = [root_pid] if root_pid in every else []
+    while stack:
+        pid = stack.pop()
+        found[pid] = every[pid]
         stack.extend(children.get(pid, ()))
     return found
 
 
-def _live(info: dict) -> LiveProcess:
-    memory, times = info["memory_info"], info["cpu_times"]
+def _read_stat(pid: int) -> Optional[Tuple[LiveProcess, int]]:
+    """The process from /proc/PID/stat (as psutil computes each field) and its thread count."""
     try:
-        pgid: Optional[int] = os.getpgid(info["pid"])
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
     except OSError:
-        pgid = None
-    return LiveProcess(**{key: info[key] for key in _ATTRS},
-                       rss=memory.rss if memory is not None else None,
-                       cpu=times.user + times.system if times is not None else None, pgid=pgid)
+        return None
+    try:
+        data = os.read(fd, 2048)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    right = data.rfind(b")")
+    fields = data[right + 2:].split()
+    if right < 0 or len(fields) < 22:
+        return None
+    state = fields[0].decode()
+    proc = LiveProcess(
+        pid=pid, ppid=int(fields[1]), status=_STATUS.get(state, state),
+        create_time=int(fields[19]) / _CLOCK_TICKS + _boot(),
+        name=data[data.find(b"(") + 1:right].decode(errors="replace"),
+        rss=int(fields[21]) * _PAGE_SIZE,
+        cpu=(int(fields[11]) + int(fields[12])) / _CLOCK_TICKS, pgid=int(fields[2]))
+    return proc, int(fields[17])
+
+
+def _children(pid: int, threads: int) -> List[int]:
+    """Children of `pid`: each thread lists those it forked, so every thread's list is read
+    unless it has one thread (osproc.children_of, without the engine import)."""
+    tids = [str(pid)] if threads == 1 else _listdir(f"/proc/{pid}/task")
+    found: List[int] = []
+    for tid in tids:
+        try:
+            fd = os.open(f"/proc/{pid}/task/{tid}/children", os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            chunks = []
+            while True:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+        found.extend(int(field) for field in b"".join(chunks).split())
+    return found
+
+
+def _listdir(path: str) -> List[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
+
+
+def _boot() -> float:
+    """The machine's boot time (epoch seconds), from /proc/stat as psutil reads it."""
+    global _boot_time
+    if _boot_time is None:
+        with open("/proc/stat", "rb") as file:
+            _boot_time = next((float(line.split()[1]) for line in file if line.startswith(b"btime")), 0.0)
+    return _boot_time
+
+
+def cmdline(pid: int) -> str:
+    """The command line of `pid`, arguments joined by spaces; "" once it is gone."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as file:
+            return file.read().rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
 
 
 class CpuMeter:
@@ -87,6 +191,8 @@ class CpuMeter:
 
 def is_gone(pid: int, create_time: Optional[float] = None) -> bool:
     """True once `pid` has exited: gone, a zombie awaiting its parent, or reused."""
+    import psutil  # here, not at the top: the CLI's `orch tree` imports this module and never calls this
+
     try:
         proc = psutil.Process(pid)
         if create_time is not None and proc.create_time() != create_time:
@@ -99,6 +205,8 @@ def is_gone(pid: int, create_time: Optional[float] = None) -> bool:
 def signal_if_same(pid: int, create_time: Optional[float], signum: int) -> bool:
     """Signal `pid` only if it is still the process created at `create_time` (pids get
     reused); True if it was signalled."""
+    import psutil
+
     try:
         proc = psutil.Process(pid)
         if create_time is not None and proc.create_time() != create_time:
@@ -128,6 +236,8 @@ def wait_gone(pids: Iterable[int], timeout: float) -> List[int]:
 
 
 def _create_time(pid: int) -> Optional[float]:
+    import psutil
+
     try:
         return psutil.Process(pid).create_time()
     except psutil.NoSuchProcess:

@@ -4,10 +4,8 @@ from __future__ import annotations
 import time
 from typing import AbstractSet, Callable, Dict, List, Mapping, Optional, Tuple
 
-import psutil
-
 from orchestrator.engine.states import NodeState
-from orchestrator.root.livetree import LiveProcess
+from orchestrator.root.livetree import LiveProcess, cmdline as read_cmdline
 from orchestrator.root.table import NOT_STARTED, NodeRecord
 from orchestrator.spec.model import TreeSpec
 
@@ -117,13 +115,14 @@ def _helpers(rows: List[dict], live: Mapping[int, LiveProcess], now: float,
 
 def _helper_name(proc: LiveProcess) -> str:
     """Name multiprocessing's own helpers after their job rather than `python3`."""
-    try:
-        cmdline = " ".join(psutil.Process(proc.pid).cmdline())
-    except psutil.Error:
-        cmdline = ""
+    cmdline = read_cmdline(proc.pid)
     if "resource_tracker" in cmdline:
         return "resource_tracker"
-    return proc.name or "?"
+    name = proc.name or "?"
+    if len(name) >= 15:  # the kernel's name is cut at 15 bytes: the full one, as psutil's name() gives it
+        first = cmdline.split(" ", 1)[0].rpartition("/")[2]
+        return first if first.startswith(name) else cmdline if cmdline.startswith(name) else name
+    return name
 
 
 def render_text(tree_name: str, rows: List[dict], style: Optional[Callable[[str, str], str]] = None) -> str:

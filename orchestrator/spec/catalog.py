@@ -41,6 +41,10 @@ class Catalog:
     event_hooks: Tuple[Tuple[str, Callable[..., Any]], ...] = ()
 
 
+# Where a worker's callable lives, for a spawned worker to import just that:
+# (module name, qualified name, the file of a tree-file plugin or None).
+WorkerRef = Tuple[str, str, Optional[str]]
+
 # What went wrong while loading, each with the tree-file plugin ref it concerns, if any.
 Problems = List[Tuple[Optional[str], str]]
 
@@ -65,6 +69,30 @@ def load_catalog(tree_plugins: Sequence[str] = ()) -> Catalog:
     if key not in _LOADED:
         _LOADED[key] = _load(tree_plugins)
     return _LOADED[key]
+
+
+def worker_ref(tree_plugins: Sequence[str], worker: str) -> Optional[WorkerRef]:
+    """Where worker `worker` of this catalog lives, if a fresh interpreter can import it
+    from there alone (a module-level name of a module, or of a tree-file plugin); else None."""
+    try:
+        entry = load_catalog(tree_plugins).workers.get(worker)
+    except PluginError:
+        return None
+    function = entry.function if entry is not None else None
+    module_name = getattr(function, "__module__", None)
+    qualname = getattr(function, "__qualname__", None)
+    if not isinstance(module_name, str) or not isinstance(qualname, str):
+        return None
+    module = sys.modules.get(module_name)
+    if module is None or "<" in qualname or module_name == "__main__":
+        return None
+    found: Any = module
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    if found is not function:
+        return None  # a name rebound since, a decorator's wrapper: let the catalog find it
+    file = getattr(module, "__file__", None) if module_name.startswith(_TREE_PLUGIN_PREFIX) else None
+    return module_name, qualname, file
 
 
 def _load(tree_plugins: Sequence[str]) -> Catalog:
@@ -161,10 +189,13 @@ def _failure_text(error: BaseException, printed: str) -> str:
     return text
 
 
+_TREE_PLUGIN_PREFIX = "orch_tree_plugin_"
+
+
 def _import_path(path: str) -> types.ModuleType:
     """Import a plugin file once per process under a stable, path-derived name."""
     stem = os.path.splitext(os.path.basename(path))[0]
-    name = f"orch_tree_plugin_{stem}_{zlib.crc32(os.fsencode(path)):08x}"
+    name = f"{_TREE_PLUGIN_PREFIX}{stem}_{zlib.crc32(os.fsencode(path)):08x}"
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)

@@ -12,7 +12,7 @@ from tests.helpers import kill_by_pid, marked
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 FIGURES = ["bringup_s", "restart_p50_s", "restart_p95_s", "restart_max_s", "restart_kills", "storm_s", "idle_cpu_pct",
-           "manager_rss_mib", "managers_rss_mib", "tree_uss_mib", "leaf_uss_mib", "teardown_s", "orphans"]
+           "manager_rss_mib", "root_rss_mib", "managers_rss_mib", "tree_uss_mib", "leaf_uss_mib", "teardown_s", "orphans"]
 
 
 @pytest.mark.slow
@@ -21,7 +21,7 @@ def test_quick_bench_run_writes_every_figure(tmp_path):
     mark = uuid.uuid4().hex
     env = dict(os.environ, ORCH_BENCH_MARK=mark)
     command = [sys.executable, str(BENCH / "run.py"), "--quick", "--no-venv",
-               "--contenders", "bare,orch-fork", "--out", str(tmp_path)]
+               "--contenders", "bare,bare-spawn,orch-fork", "--out", str(tmp_path)]
     try:
         result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=80)
     finally:
@@ -30,11 +30,13 @@ def test_quick_bench_run_writes_every_figure(tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["skipped"] == [], results["skipped"]
     summary = results["summary"]
-    for contender in ("bare", "orch-fork"):
+    for contender in ("bare", "bare-spawn", "orch-fork"):
         assert sorted(summary[contender]["5"]) == sorted(FIGURES + ["reps"] + (
             ["tree_json_s"] if contender.startswith("orch") else [])), contender
     assert summary["orch-fork"]["5"]["orphans"] == 0
-    assert "## Targets" in (tmp_path / "RESULTS.md").read_text()
+    report = (tmp_path / "RESULTS.md").read_text()
+    assert "## Targets" in report
+    assert "| bare-spawn |" in report
 
 
 @pytest.mark.slow

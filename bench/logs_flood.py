@@ -109,7 +109,7 @@ def expected(i: int) -> bytes:
 # ----- environment ------------------------------------------------------------------
 
 
-def ensure_venv(argv: List[str]) -> None:
+def ensure_venv(argv: List[str], script: Optional[Path] = None) -> None:
     """Re-run this script inside bench/.venv (the one bench/run.py makes, same stamp), creating and
     filling it first if needed; also install PM2 into bench/.venv/pm2 with npm where npm exists."""
     if Path(sys.prefix).resolve() != VENV.resolve():
@@ -127,7 +127,8 @@ def ensure_venv(argv: List[str]) -> None:
                 sys.exit(f"pip install failed:\n{result.stdout}{result.stderr}")
             stamp.write_text(wanted)
         install_pm2()
-        os.execv(str(python), [str(python), str(Path(__file__).resolve()), *argv])
+        target = (script or Path(__file__)).resolve()  # bench/run.py re-runs itself the same way
+        os.execv(str(python), [str(python), str(target), *argv])
 
 
 def pm2_bin() -> Path:

@@ -109,26 +109,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 
 def ensure_venv(argv: List[str]) -> None:
-    """Re-run this script inside bench/.venv, creating and filling it first if needed."""
-    if Path(sys.prefix).resolve() == VENV.resolve():
-        return
-    from logs_flood import install_pm2
+    """Re-run this script inside bench/.venv, made and filled first if needed (logs_flood.py's way)."""
+    from logs_flood import ensure_venv as ensure_bench_venv
 
-    python = VENV / "bin" / "python"
-    wanted = (BENCH / "requirements.txt").read_text() + (REPO / "pyproject.toml").read_text()
-    stamp = VENV / ".installed"
-    if not python.exists():
-        print(f"creating {VENV}", flush=True)
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-    if not stamp.exists() or stamp.read_text() != wanted:
-        print("installing supervisor, circus, matplotlib, py-spy and orch (-e) into it", flush=True)
-        result = subprocess.run([str(python), "-m", "pip", "install", "-q", "-r", str(BENCH / "requirements.txt"),
-                                 "-e", str(REPO)], capture_output=True, text=True)
-        if result.returncode != 0:
-            sys.exit(f"pip install failed:\n{result.stdout}{result.stderr}")
-        stamp.write_text(wanted)
-    install_pm2()  # PM2 with npm into bench/.venv/pm2, where npm exists (skipped with a note otherwise)
-    os.execv(str(python), [str(python), str(Path(__file__).resolve()), *argv])
+    ensure_bench_venv(argv, Path(__file__))
 
 
 def prepare_process() -> None:

@@ -173,19 +173,9 @@ def _import_ref(ref: WorkerRef) -> Optional[WorkerFn]:
 
 def _import_file(name: str, path: str) -> Any:
     """A tree-file plugin, under the name the parent's catalog gave it (catalog._import_path)."""
-    import importlib.util
+    from orchestrator.spec.pyfile import import_file
 
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise ImportError(path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    return module
+    return import_file(name, path)
 
 
 class LightHookimpl:

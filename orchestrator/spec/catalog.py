@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import importlib.util
 import io
 import os
 import sys
@@ -15,6 +14,7 @@ import attrs
 import pluggy
 
 from orchestrator import hookspecs
+from orchestrator.spec.pyfile import import_file
 
 # Plugins shipped with orch, registered before anything else.
 BUILTIN_PLUGINS = ("orch_plugins.demo", "orch_plugins.basic")
@@ -198,17 +198,7 @@ def _import_path(path: str) -> types.ModuleType:
     name = f"{_TREE_PLUGIN_PREFIX}{stem}_{zlib.crc32(os.fsencode(path)):08x}"
     if name in sys.modules:
         return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"not a Python file: {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    return module
+    return import_file(name, path)
 
 
 def _check_hook_names(manager: pluggy.PluginManager, problems: Problems) -> None:

@@ -9,15 +9,15 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional
 
 from orchestrator.engine import streams
-from orchestrator.engine.logfile import LogFile
+from orchestrator.engine.logfile import LogFile, RecordFormat, Stamps
 from orchestrator.engine.loop import Loop
 from orchestrator.engine.messages import GaveUp, NodeEvent, Notice
-from orchestrator.events import Event, rfc3339
+from orchestrator.events import Event
 from orchestrator.root.hookhost import HookHost, Hooks
-from orchestrator.spec.model import LogFormat, LogSpec
+from orchestrator.spec.model import LogSpec
 
 EVENTS_NAME = "events.jsonl"
 ORCH_LOG_NAME = "orch.log"
@@ -32,6 +32,8 @@ class EventLog:
         self.hooks = HookHost(loop, hooks, self._hook_report)
         self._events: Optional[LogFile] = None
         self._orch: Optional[LogFile] = None
+        self._formats: Dict[str, RecordFormat] = {}  # orch.log's, by the path of who said it
+        self._stamps = Stamps()
         # While a problem with one of our files is being reported, say nothing more about it:
         # reporting writes to the same files.
         self._reporting = False
@@ -86,18 +88,15 @@ class EventLog:
     # ----- orch.log -----------------------------------------------------------
 
     def orch_line(self, path: str, pid: int, text: str) -> None:
-        """One of orch's own messages, said by the supervisor of `path` (its pid)."""
+        """One of orch's own messages, said by the supervisor of `path` (its pid): a record
+        per line, in the format node logs have, with the stream word `orch`."""
         if self._orch is None:
             return
-        ts = time.time()
-        if self.spec.format is LogFormat.JSON:
-            record = json.dumps({"ts": rfc3339(ts), "tree": self.tree, "path": path, "pid": pid,
-                                 "stream": "orch", "line": text}, ensure_ascii=False)
-            self._orch.write(record.encode() + b"\n")
-            return
-        lines = text.splitlines() or [""]
-        prefix = f"{rfc3339(ts)} orch {pid} | "
-        self._orch.write("".join(prefix + line + "\n" for line in lines).encode(errors="replace"))
+        form = self._formats.get(path)
+        if form is None or form.format is not self.spec.format:
+            form = self._formats[path] = RecordFormat(self.spec.format, self.tree, path)
+        lines = "\n".join(text.splitlines() or [""]) + "\n"
+        self._orch.write(form.block(self._stamps.now(), "orch", pid, lines.encode(errors="replace")))
 
     # ----- files --------------------------------------------------------------
 

@@ -1,9 +1,7 @@
 """Problems with a location, and the exit codes every command uses."""
 from __future__ import annotations
 
-from typing import Iterable, List, Optional
-
-import attrs
+from typing import Iterable, List, NamedTuple, Optional
 
 EXIT_OK = 0
 EXIT_FAILURE = 1  # runtime failure: the tree gave up, a process could not be stopped
@@ -12,8 +10,8 @@ EXIT_USAGE = 2  # bad input: invalid tree file, unknown command or node
 ROOT_LABEL = "(root)"
 
 
-@attrs.frozen
-class Problem:
+# A NamedTuple, not attrs: every command imports this module, `orch tree` among them.
+class Problem(NamedTuple):
     """One thing wrong with the user's input, rendered `FILE:LINE: node/path: message`."""
 
     file: str

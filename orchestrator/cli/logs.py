@@ -22,43 +22,16 @@ from orchestrator.events import Event, rfc3339
 from orchestrator.root import control
 from orchestrator.spec.logconf import default_log_dir
 
-DEFAULT_LINES = 10
-DEFAULT_EVENTS = 20
 POLL_INTERVAL = 0.2  # seconds between looks at the files while following
 _SINCE = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    logs = commands.add_parser("logs", help="show the output of a tree's nodes, merged by time")
-    logs.add_argument("paths", nargs="*", metavar="PATH",
-                      help="node paths (a supervisor means every node below it; default: the whole tree)")
-    _add_common(logs, "lines per node (default 10, or all with --since)")
-    logs.add_argument("--since", metavar="DURATION", help="only records newer than this: 30s, 5m, 2h, 1d")
-    logs.add_argument("--stream", choices=("stdout", "stderr"), help="only this stream")
-    logs.add_argument("--json", action="store_true", help="one JSON record per line")
-    logs.add_argument("--no-color", action="store_true", help="never color the node paths")
-    logs.set_defaults(func=cmd_logs)
-
-    events = commands.add_parser("events", help="show what happened to a tree's nodes (events.jsonl)")
-    _add_common(events, f"how many events (default {DEFAULT_EVENTS})")
-    events.add_argument("--json", action="store_true", help="the events as written, one JSON object per line")
-    events.set_defaults(func=cmd_events)
-
-
-def _add_common(parser: argparse.ArgumentParser, lines_help: str) -> None:
-    parser.add_argument("--tree", "-t", dest="name", metavar="NAME",
-                        help="tree name (default: the only running tree)")
-    parser.add_argument("--file", metavar="FILE", help="tree file (finds the logs of a stopped tree)")
-    parser.add_argument("-n", "--lines", metavar="N", help=lines_help)
-    parser.add_argument("-f", "--follow", action="store_true", help="keep showing new records until Ctrl-C")
 
 
 # ----- orch logs --------------------------------------------------------------------------
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    count = parse_count(args.lines, None if args.since else DEFAULT_LINES)
+    count = parse_count(args.lines, None if args.since else args.default_count)
     wanted = Wanted(args.stream, None if args.since is None else time.time() - parse_since(args.since))
     where = locate(args.name, args.file)
     selection = Selection(args.paths)
@@ -143,7 +116,7 @@ class Printer:
 
 
 def cmd_events(args: argparse.Namespace) -> int:
-    count = parse_count(args.lines, DEFAULT_EVENTS)
+    count = parse_count(args.lines, args.default_count)
     where = locate(args.name, args.file)
     path = where.directory / logread.EVENTS_FILE
     file = LogFile(path)

@@ -9,7 +9,7 @@ import sys
 from typing import TYPE_CHECKING, List, Optional, Tuple
 
 from orchestrator import __version__
-from orchestrator.cli import logs
+from orchestrator.cli import log_commands
 from orchestrator.cli import remote
 from orchestrator.engine import streams
 from orchestrator.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, InvalidInput, RuntimeFailure, UsageError
@@ -93,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     up.set_defaults(func=cmd_up)
 
     remote.add_parsers(commands)
-    logs.add_parsers(commands)
+    log_commands.add_parsers(commands)
     from orchestrator.cli import top  # `orch top`; rich is imported only when it runs
     top.add_parsers(commands)
 

@@ -9,7 +9,6 @@ from typing import Optional
 
 from orchestrator.root import control
 from orchestrator.root import livetree
-from orchestrator.root import view
 from orchestrator.errors import EXIT_FAILURE, EXIT_OK, InvalidInput, Problem, RuntimeFailure, UsageError
 
 # reload and restart/stop/start make one request each, which the root answers once the
@@ -63,6 +62,7 @@ def cmd_tree(args: argparse.Namespace) -> int:
         print(json.dumps(nodes, indent=2))
         return EXIT_OK
     from orchestrator.cli import color
+    from orchestrator.root import view  # the spec model and the table: not needed for --json
 
     style = color.tree_style if color.use_color(args.no_color) else None
     blocks = [f"tree {reply['tree']} ({reply['file']})\n" + view.render_text(reply["tree"], reply["nodes"], style)

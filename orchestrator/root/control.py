@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import List, Mapping, Optional
 
 from orchestrator.errors import RuntimeFailure, UsageError
-from orchestrator.spec.values import name_problem
+from orchestrator.spec.names import name_problem
 
 ENV_RUN_DIR = "ORCH_RUN_DIR"
 SOCKET_NAME = "control.sock"

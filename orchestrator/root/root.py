@@ -254,7 +254,7 @@ class Root:
             new = self._requested_tree(request)
         except InvalidInput as error:
             return {"ok": False, "error": "the tree file is invalid; nothing was changed",
-                    "problems": [attrs.asdict(problem) for problem in error.problems]}
+                    "problems": [problem._asdict() for problem in error.problems]}
         except ValueError as error:
             return {"ok": False, "error": str(error)}
         if new.name != self.tree.name:

@@ -10,7 +10,8 @@ import importlib.util
 import math
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-from orchestrator.spec.values import Bad, describe, did_you_mean, name_problem
+from orchestrator.spec.names import name_problem
+from orchestrator.spec.values import Bad, describe, did_you_mean
 
 INSTALL = "pip install 'orch[ray]'"
 ADDRESS_FORMS = '"auto", "local", "ray://host:port" or "host:port"'

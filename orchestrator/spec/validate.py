@@ -16,7 +16,8 @@ from orchestrator.spec import environ
 from orchestrator.spec import logconf
 from orchestrator.spec import ray_keys
 from orchestrator.spec.environ import ENV_KEYS, ProcessEnv
-from orchestrator.spec.values import CHECKS, Bad, describe, did_you_mean, name_problem, start_method
+from orchestrator.spec.values import CHECKS, Bad, describe, did_you_mean, start_method
+from orchestrator.spec.names import name_problem
 from orchestrator.spec.model import (
     DEFAULT_BACKOFF,
     DEFAULT_INTENSITY,

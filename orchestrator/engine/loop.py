@@ -37,6 +37,7 @@ class Loop:
         self._timers: List[Tuple[float, int, Timer]] = []
         self._order = itertools.count()
         self._signal_callbacks: Dict[int, Callback] = {}
+        self._turn_end: List[Callback] = []
         self._running = False
         self._wake_r, self._wake_w = socket.socketpair()
         for sock in (self._wake_r, self._wake_w):
@@ -79,6 +80,12 @@ class Loop:
         heapq.heappush(self._timers, (timer.when, next(self._order), timer))
         return timer
 
+    def at_turn_end(self, callback: Callback) -> None:
+        """Run `callback` once, after this turn's ready fds and due timers, before the loop
+        waits again or returns: for work that must not delay what they start. A restart forks the
+        replacement first; the records of the exit are written after it."""
+        self._turn_end.append(callback)
+
     def on_signal(self, signum: int, callback: Callback) -> None:
         """Run `callback` in the loop (never in handler context) when `signum` arrives."""
         if not self._signal_callbacks:
@@ -89,6 +96,9 @@ class Loop:
     def run(self) -> None:
         self._running = True
         while self._running:
+            self._end_turn()  # also what was queued before run() or outside the loop
+            if not self._running:
+                break
             for key, events in self._selector.select(self._timeout()):
                 # An earlier callback of this batch may have closed this fd and
                 # registered a new one under the same number: skip stale events.
@@ -99,6 +109,13 @@ class Loop:
                 if not self._running:
                     break
             self._run_due_timers()
+        self._end_turn()
+
+    def _end_turn(self) -> None:
+        while self._turn_end:
+            callbacks, self._turn_end = self._turn_end, []
+            for callback in callbacks:
+                callback()
 
     def _current(self, fd: int, slot: int) -> Optional[Callback]:
         try:

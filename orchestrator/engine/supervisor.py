@@ -289,12 +289,16 @@ class Supervisor:
         self._start(slot)
 
     def _restart_round(self, failed: Slot) -> None:
-        names = [slot.spec.name for slot in self.slots]
-        stop_names, start_names = strategy.plan_restart(names, failed.spec.name, self.node.strategy)
-        by_name = {slot.spec.name: slot for slot in self.slots}
-        to_start = [by_name[name] for name in start_names
-                    if by_name[name] is failed or by_name[name].spec.restart is not Restart.TEMPORARY]
-        to_stop = [by_name[name] for name in stop_names if by_name[name].running is not None]
+        if self.node.strategy is Strategy.ONE_FOR_ONE:
+            # Only the failed child: no lists of every sibling on the restart path.
+            to_start, to_stop = [failed], []
+        else:
+            names = [slot.spec.name for slot in self.slots]
+            stop_names, start_names = strategy.plan_restart(names, failed.spec.name, self.node.strategy)
+            by_name = {slot.spec.name: slot for slot in self.slots}
+            to_start = [by_name[name] for name in start_names
+                        if by_name[name] is failed or by_name[name].spec.restart is not Restart.TEMPORARY]
+            to_stop = [by_name[name] for name in stop_names if by_name[name].running is not None]
         failed.state = NodeState.RESTARTING
         self._emit(failed, "restarting")
         log(f"{failed.spec.path}: restarting {', '.join(slot.spec.path for slot in to_start)} "

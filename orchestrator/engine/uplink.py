@@ -6,7 +6,7 @@ those it forwards from below, unchanged; down, commands for a node in its subtre
 from __future__ import annotations
 
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, List, Protocol
 
 from orchestrator.engine.loop import Loop
 from orchestrator.engine.messages import UpMessage
@@ -24,11 +24,13 @@ class Uplink(Protocol):
 
 
 class PipeUplink:
-    """A supervisor below the root: sends to its parent over a multiprocessing pipe."""
+    """A supervisor below the root: sends to its parent over a multiprocessing pipe, in
+    order, at the end of the loop's turn (a restart forks its replacement before it reports)."""
 
     def __init__(self, conn: Connection, loop: Loop) -> None:
         self._conn = conn
         self._loop = loop
+        self._pending: List[UpMessage] = []
 
     def attach(self, supervisor: Supervisor) -> None:
         self._loop.add_reader(self._conn.fileno(), lambda: self._on_readable(supervisor))
@@ -44,7 +46,14 @@ class PipeUplink:
         supervisor.command(command)
 
     def send(self, message: UpMessage) -> None:
-        try:
-            self._conn.send(message)
-        except OSError:
-            pass  # parent gone: nobody to tell; the parent-death signal ends us
+        if not self._pending:
+            self._loop.at_turn_end(self._flush)
+        self._pending.append(message)
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        for message in pending:
+            try:
+                self._conn.send(message)
+            except OSError:
+                return  # parent gone: nobody to tell; the parent-death signal ends us

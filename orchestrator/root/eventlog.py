@@ -3,13 +3,15 @@
 Every supervisor reports up what happens to its children (messages.py); only
 the root writes these two files, so each has a single writer and rotates safely
 (engine/logfile.py), and only the root hands events to plugins (hookhost.py).
+Records are stamped when they happen and written at the end of the loop's turn:
+a killed worker's replacement is forked before its exit is written down.
 """
 from __future__ import annotations
 
 import json
 import os
 import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional
 
 from orchestrator.engine import streams
 from orchestrator.engine.logfile import LogFile, RecordFormat, Stamps
@@ -30,6 +32,10 @@ class EventLog:
         self.tree = tree
         self.spec = spec
         self.hooks = HookHost(loop, hooks, self._hook_report)
+        self._loop = loop
+        self._pending_events: List[Event] = []
+        self._pending_orch: List[bytes] = []
+        self._flush_due = False
         self._events: Optional[LogFile] = None
         self._orch: Optional[LogFile] = None
         self._formats: Dict[str, RecordFormat] = {}  # orch.log's, by the path of who said it
@@ -45,13 +51,35 @@ class EventLog:
     def configure(self, spec: LogSpec) -> None:
         """A reload changed the `[log]` table: the next records go where it says."""
         if spec != self.spec:
+            self.flush()  # what happened before the reload goes where it was going
             self._close_files()
             self.spec = spec
             self._open_files()
 
     def close(self) -> None:
+        while self._pending_events or self._pending_orch:
+            self.flush()  # a failed write reports itself: once, so this ends
         self.hooks.close()
         self._close_files()
+
+    def flush(self) -> None:
+        """Write what this turn recorded: one write per file."""
+        self._flush_due = False
+        events, self._pending_events = self._pending_events, []
+        lines, self._pending_orch = self._pending_orch, []
+        if lines and self._orch is not None:
+            self._orch.write_parts(lines)
+        if events:
+            if self._events is not None:
+                self._events.write_parts([json.dumps(event.to_dict(), ensure_ascii=False).encode() + b"\n"
+                                          for event in events])
+            for event in events:
+                self.hooks.deliver(event)
+
+    def _flush_at_turn_end(self) -> None:
+        if not self._flush_due:
+            self._flush_due = True
+            self._loop.at_turn_end(self.flush)
 
     @property
     def dir(self) -> str:
@@ -79,11 +107,9 @@ class EventLog:
         signum: Optional[int] = None
         if exit_code is not None and exit_code < 0:
             signum, exit_code = -exit_code, None
-        event = Event(ts=time.time(), tree=self.tree, path=path, event=kind, pid=pid, exit_code=exit_code,
-                      signal=signum, restarts=restarts, reason=reason)
-        if self._events is not None:
-            self._events.write(json.dumps(event.to_dict(), ensure_ascii=False).encode() + b"\n")
-        self.hooks.deliver(event)
+        self._pending_events.append(Event(ts=time.time(), tree=self.tree, path=path, event=kind, pid=pid,
+                                          exit_code=exit_code, signal=signum, restarts=restarts, reason=reason))
+        self._flush_at_turn_end()
 
     # ----- orch.log -----------------------------------------------------------
 
@@ -96,7 +122,8 @@ class EventLog:
         if form is None or form.format is not self.spec.format:
             form = self._formats[path] = RecordFormat(self.spec.format, self.tree, path)
         lines = "\n".join(text.splitlines() or [""]) + "\n"
-        self._orch.write(form.block(self._stamps.now(), "orch", pid, lines.encode(errors="replace")))
+        self._pending_orch.append(form.block(self._stamps.now(), "orch", pid, lines.encode(errors="replace")))
+        self._flush_at_turn_end()
 
     # ----- files --------------------------------------------------------------
 

@@ -70,6 +70,7 @@ class Root:
         self.orphans = OrphanRepair(self.loop, tree.name, self._known_children)
         self.file = os.path.abspath(tree.file)  # SIGHUP re-reads it, whatever our cwd becomes
         self.held: frozenset[str] = frozenset()  # paths kept stopped by `orch stop`
+        self._effective: Optional[Tuple[TreeSpec, frozenset[str], TreeSpec]] = None
         self._supervisor_paths = {node.path for node in tree.nodes() if node.is_supervisor}
         self.generation = 0  # of the last spec handed down; `applied` once all of it is done
         self.applied_generation = 0
@@ -342,7 +343,7 @@ class Root:
 
     def _send_spec(self) -> None:
         """Hand the root supervisor the effective spec: the file's, plus our holds."""
-        effective = self.tree.with_holds(self.held)
+        effective = self.effective_tree()
         self.generation += 1
         self.supervisor.command(ApplyCommand(effective.root, TreeContext.of(effective), self.generation))
 
@@ -402,12 +403,20 @@ class Root:
             return f"{path} is held (stopped by `orch stop {path}`); start it with `orch start {path}`"
         return None
 
+    def effective_tree(self) -> TreeSpec:
+        """The file's tree plus our holds; kept until either changes (a copy of every node:
+        `orch tree` asks for it on every call, `orch top` every second)."""
+        cached = self._effective
+        if cached is None or cached[0] is not self.tree or cached[1] != self.held:
+            cached = self._effective = (self.tree, self.held, self.tree.with_holds(self.held))
+        return cached[2]
+
     def rows(self, sample: bool = False) -> List[dict]:
         """The tree's rows; `sample` (a `tree` request) makes this snapshot the CPU
         baseline the next one is measured against."""
         state = NodeState.STOPPING if self.supervisor.stopping else NodeState.RUNNING
         live = livetree.snapshot(os.getpid())
-        return view.build_rows(self.tree.with_holds(self.held), self.table, live, os.getpid(), state, self.started_at,
+        return view.build_rows(self.effective_tree(), self.table, live, os.getpid(), state, self.started_at,
                                self.orphans.drifting(), root_ready=self.supervisor.is_ready,
                                cpu=self.cpu_meter.percents(live, sample=sample))
 

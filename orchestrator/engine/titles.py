@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING, Callable, Iterator, Optional, cast
+from typing import TYPE_CHECKING, AbstractSet, Callable, Iterator, Optional, cast
 
 if TYPE_CHECKING:  # psutil only where claimants() runs (the root): every node process imports us
     import psutil
@@ -64,22 +64,23 @@ def set_guardian_title(tree: str) -> None:
         _set_title(f"{PREFIX}{tree} (guardian)")
 
 
-def claimants(tree: str) -> Iterator[psutil.Process]:
-    """Processes whose title says they belong to `tree`.
+def claimants(tree: str, skip: AbstractSet[int] = frozenset()) -> Iterator[psutil.Process]:
+    """Processes whose title says they belong to `tree`, except the pids in `skip`.
 
-    Every process's /proc/PID/cmdline is read directly (the root does this every 30 s,
-    so with a tree of thousands it must stay cheap); psutil is used for the matches only.
+    The root does this every 30 s, so with a tree of thousands it must stay cheap: it
+    skips the pids it knows as its own nodes without reading anything of them, reads the
+    others' /proc/PID/cmdline directly, and makes psutil objects of the matches only.
     """
-    import psutil
-
     node_prefix = f"{PREFIX}{tree}/"
     root_title = node_title(tree, "")
     for name in os.listdir("/proc"):
-        if not name.isdigit():
+        if not name.isdigit() or int(name) in skip:
             continue
         # psutil splits a rewritten argv on spaces, so compare the joined line.
         title = _cmdline(name)
         if title.startswith(node_prefix) or title == root_title:
+            import psutil  # only now: 2 MB the root would otherwise carry into every fork
+
             try:
                 yield psutil.Process(int(name))
             except psutil.Error:

@@ -9,9 +9,7 @@ from __future__ import annotations
 import os
 import signal
 from functools import partial
-from typing import Callable, Dict, List, Set
-
-import psutil
+from typing import TYPE_CHECKING, Callable, Dict, Set
 
 from orchestrator.root import control
 from orchestrator.root import livetree
@@ -19,6 +17,9 @@ from orchestrator.engine import osproc
 from orchestrator.engine import titles
 from orchestrator.engine.loop import Loop
 from orchestrator.engine.output import log
+
+if TYPE_CHECKING:  # psutil is imported only when a process claims to be ours (titles.claimants)
+    import psutil
 
 # Orphans are usually already dead (parent-death signals) or die at SIGTERM;
 # the periodic pass only catches what escaped both, so it can be slow and cheap.
@@ -32,10 +33,12 @@ LEFTOVER_STOP_GRACE = 5.0
 class OrphanRepair:
     """Runs inside the root's loop; `known_children` names the pids the root started itself."""
 
-    def __init__(self, loop: Loop, tree_name: str, known_children: Callable[[], Set[int]]) -> None:
+    def __init__(self, loop: Loop, tree_name: str, known_children: Callable[[], Set[int]],
+                 node_pids: Callable[[], Set[int]]) -> None:
         self._loop = loop
         self._tree = tree_name
         self._known = known_children
+        self._node_pids = node_pids  # every node's pid the table holds: ours, not leftovers
         self.adopted: Dict[int, float] = {}  # orphan pid -> when we adopted it (its stop began)
         self.evicting: Dict[int, float] = {}  # leftover pid -> create_time
         self._stopped = False
@@ -97,10 +100,12 @@ class OrphanRepair:
 
     def evict_leftovers(self) -> None:
         """Stop processes titled as nodes of this tree that are not our descendants."""
-        mine = {proc.pid for proc in _descendants(os.getpid())} | {os.getpid()}
-        for proc in titles.claimants(self._tree):
-            if proc.pid in mine or proc.pid in self.evicting or not _leftover_of_ours(proc):
+        mine = self._node_pids() | {os.getpid()}
+        for proc in titles.claimants(self._tree, skip=mine):
+            if proc.pid in self.evicting or not _leftover_of_ours(proc):
                 continue
+            import psutil  # claimants() imported it: it yielded a process
+
             try:
                 created = proc.create_time()
             except psutil.Error:
@@ -139,18 +144,14 @@ class OrphanRepair:
 
 def _leftover_of_ours(proc: psutil.Process) -> bool:
     """A claimant is a leftover of this tree only if it is not one of our processes
-    (one started after our snapshot is) and it ran with our run directory: a tree
-    of the same name under another ORCH_RUN_DIR is somebody else's."""
+    (a node the table does not hold yet, a helper that inherited its worker's title)
+    and it ran with our run directory: a tree of the same name under another
+    ORCH_RUN_DIR is somebody else's."""
+    import psutil
+
     try:
         if any(parent.pid == os.getpid() for parent in proc.parents()):
             return False
         return control.run_base(proc.environ(), proc.uids().real) == control.run_base()
     except psutil.Error:
         return False
-
-
-def _descendants(pid: int) -> List[psutil.Process]:
-    try:
-        return psutil.Process(pid).children(recursive=True)
-    except psutil.Error:
-        return []

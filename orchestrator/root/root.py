@@ -67,7 +67,7 @@ class Root:
         self.run_dir = RunDir(tree.name)
         self._ready_fd = ready_fd
         self._server: Optional[ControlServer] = None
-        self.orphans = OrphanRepair(self.loop, tree.name, self._known_children)
+        self.orphans = OrphanRepair(self.loop, tree.name, self._known_children, self._node_pids)
         self.file = os.path.abspath(tree.file)  # SIGHUP re-reads it, whatever our cwd becomes
         self.held: frozenset[str] = frozenset()  # paths kept stopped by `orch stop`
         self._effective: Optional[Tuple[TreeSpec, frozenset[str], TreeSpec]] = None
@@ -91,6 +91,10 @@ class Root:
         pids = set(self.supervisor.child_pids())
         tracker = spawn.tracker_pid()
         return pids | {pid for pid in (tracker, self.events.hooks.pid) if pid}
+
+    def _node_pids(self) -> Set[int]:
+        """Pids of our running nodes on this machine (a Ray worker's pid is its host's)."""
+        return {entry.pid for entry in self.table.values() if entry.pid is not None and entry.backend != "ray"}
 
     def run(self) -> int:
         """Run until stopped; 0 after a clean stop, 1 when the tree gave up."""

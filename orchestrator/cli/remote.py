@@ -59,7 +59,8 @@ def cmd_tree(args: argparse.Namespace) -> int:
     replies = [ask(name, {"cmd": "tree"}) for name in names]
     if args.json:
         nodes = [dict(node, tree=reply["tree"]) for reply in replies for node in reply["nodes"]]
-        print(json.dumps(nodes, indent=2))
+        # One node per line: greppable, and the C encoder (indent= would use the Python one).
+        print("[\n" + ",\n".join("  " + json.dumps(node) for node in nodes) + ("\n]" if nodes else "]"))
         return EXIT_OK
     from orchestrator.cli import color
     from orchestrator.root import view  # the spec model and the table: not needed for --json

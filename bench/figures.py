@@ -15,7 +15,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Set
 import psutil
 
 from contenders import Launch
-from proctable import ProcTable, read_stat
+from proctable import ProcTable, all_pids, read_cmdline, read_stat
 
 POLL = 0.001  # seconds between scans; stretched to the scan's own cost so we never take a whole core
 
@@ -140,7 +140,8 @@ def _one_restart(manager: Manager, victim: int, before: Set[int], timeout: float
     while not watch.found_leaf():
         if time.monotonic() - t0 > timeout:
             manager.check_alive()
-            raise Failed(f"timed out after {timeout:g}s waiting for a replacement for leaf {victim}")
+            raise Failed(f"timed out after {timeout:g}s waiting for a replacement for leaf {victim}; "
+                         f"children of its parent {parent} now: {_children_of(parent)}")
         time.sleep(FAST_POLL)
     seconds = time.monotonic() - t0
     watch.forget()
@@ -160,22 +161,36 @@ def _last_pid() -> Optional[int]:
         return None
 
 
+def _children_of(parent: int) -> str:
+    """What a failure report shows: each child's pid, state and command line."""
+    found = [f"{pid} {stat[1]} {read_cmdline(pid).strip()!r}" for pid in sorted(all_pids())
+             if (stat := read_stat(pid)) is not None and stat[0] == parent]
+    return "; ".join(found) or "none"
+
+
 class NewChildren:
     """Children of `parent` created after pid `last` was handed out; is one a leaf yet?"""
 
     def __init__(self, table: ProcTable, parent: int, last: int) -> None:
         self.table, self.parent, self.last = table, parent, last
         self.children: List[int] = []
+        # Pids handed out but not in /proc yet: the kernel allocates a pid before the new
+        # task is visible there, so a read can fall in between. Read again on every poll.
+        self.unseen: List[int] = []
 
     def found_leaf(self) -> bool:
         current = _last_pid()
+        span: List[int] = []
         if current != self.last:
             first, self.last = self.last + 1, current
-            span = range(first, current + 1) if current >= first else [*range(first, PID_MAX), *range(1, current + 1)]
-            for pid in span:
-                stat = read_stat(pid)
-                if stat is not None and stat[0] == self.parent:
-                    self.children.append(pid)
+            span = [*range(first, current + 1)] if current >= first else [*range(first, PID_MAX), *range(1, current + 1)]
+        candidates, self.unseen = self.unseen + span, []
+        for pid in candidates:
+            stat = read_stat(pid)
+            if stat is None:
+                self.unseen.append(pid)
+            elif stat[0] == self.parent:
+                self.children.append(pid)
         for pid in self.children:
             stat = read_stat(pid)
             if stat is not None and stat[1] != "Z":

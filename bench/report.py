@@ -76,8 +76,9 @@ def source_fingerprint() -> str:
 
     digest = hashlib.sha256()
     for folder in ("orchestrator", "plugins"):
-        for path in sorted((BENCH.parent / folder).glob("*.py")):
-            digest.update(path.name.encode() + path.read_bytes())
+        top = BENCH.parent / folder
+        for path in sorted(top.rglob("*.py")):  # every subpackage: the engine is in orchestrator/engine/
+            digest.update(str(path.relative_to(top)).encode() + path.read_bytes())
     return digest.hexdigest()[:12]
 
 

@@ -78,7 +78,7 @@ class WorkerActor:
         for stream in (sys.stdout, sys.stderr):
             _flush(stream)
         for fd in (1, 2):
-            _write_all(fd, self._marker)
+            write_all(fd, self._marker)
         assert self._code is not None
         return self._code
 
@@ -231,7 +231,8 @@ def _flush(stream: Any) -> None:
         pass
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
+    """Write everything (a blocking pipe); a reader that is gone or a closed fd ends it quietly."""
     while data:
         try:
             data = data[os.write(fd, data):]

@@ -110,7 +110,7 @@ class RayStarter:
         running = self._running(actor, run_ref, info)
         with self._lock:
             self._live[node.path] = running
-        run_ref.future().add_done_callback(lambda _: _write_all(running.exit_write_fd, b"x"))
+        run_ref.future().add_done_callback(lambda _: ray_actor.write_all(running.exit_write_fd, b"x"))
         self._poll(running)
         return running
 
@@ -211,7 +211,7 @@ class RayStarter:
         with running.lock:
             if not running.drained:
                 for fd, data in zip(running.output_fds, (out, err)):
-                    _write_all(fd, data)
+                    ray_actor.write_all(fd, data)
         if ended or running.killed:
             self._output_ended(running)
         else:
@@ -274,11 +274,3 @@ def _pickled(function: Any, plugins: Tuple[str, ...]) -> bytes:
         ray.cloudpickle.register_pickle_by_value(module)
     return cast(bytes, ray.cloudpickle.dumps(function))
 
-
-def _write_all(fd: int, data: bytes) -> None:
-    """Write everything (a blocking pipe); a reader that is gone or a closed fd ends it quietly."""
-    while data:
-        try:
-            data = data[os.write(fd, data):]
-        except OSError:
-            return

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
+import functools
 import os
 import signal
-from typing import Any, Iterable, Iterator, List, Optional, Union
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, List, Optional, Union
+
+if TYPE_CHECKING:  # ctypes is loaded with libc, on the first prctl: `orch tree` reads /proc through us
+    import ctypes
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
@@ -26,9 +29,13 @@ C_SIGNAL: Any = getattr(signal, "_signal", signal)
 _BLOCKED_NUMBERS = [int(signum) for signum in BLOCKED_AROUND_FORK]
 
 
+@functools.lru_cache(maxsize=None)
 def _libc() -> Optional[ctypes.CDLL]:
     """The C library, found through the running program's own symbols (dlopen(NULL)): no
-    ctypes.util.find_library, which runs ldconfig or a compiler in every process that asks."""
+    ctypes.util.find_library, which runs ldconfig or a compiler in every process that asks.
+    Loaded once per process, and inherited by forked children."""
+    import ctypes
+
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         if hasattr(libc, "prctl"):
@@ -40,11 +47,8 @@ def _libc() -> Optional[ctypes.CDLL]:
         return None
 
 
-_LIBC = _libc()
-
-
 def _prctl(option: int, value: Union[int, ctypes.c_char_p]) -> bool:
-    prctl = getattr(_LIBC, "prctl", None)
+    prctl = getattr(_libc(), "prctl", None)
     if prctl is None:
         return False
     return prctl(option, value, 0, 0, 0) == 0
@@ -68,6 +72,8 @@ def become_subreaper() -> bool:
 
 def set_process_name(name: str) -> None:
     """Set the kernel's short name (shown by `ps -o comm`, `top`); 15 bytes at most."""
+    import ctypes
+
     _prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]))
 
 
@@ -155,6 +161,15 @@ def children_of(pid: int, threads: int = 0) -> List[int]:
         except OSError:
             continue
     return found
+
+
+def cmdline(pid: Union[int, str]) -> str:
+    """The command line of `pid`, arguments joined by spaces; "" once it is gone."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb", buffering=0) as file:
+            return file.readall().rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def _threads(pid: int) -> List[str]:

@@ -5,9 +5,10 @@ import os
 import sys
 from typing import TYPE_CHECKING, AbstractSet, Callable, Iterator, Optional, cast
 
+from orchestrator.engine.osproc import cmdline
+
 if TYPE_CHECKING:  # psutil only where claimants() runs (the root): every node process imports us
     import psutil
-
 
 
 def _load_set_title() -> Optional[Callable[[str], None]]:
@@ -77,7 +78,7 @@ def claimants(tree: str, skip: AbstractSet[int] = frozenset()) -> Iterator[psuti
         if not name.isdigit() or int(name) in skip:
             continue
         # psutil splits a rewritten argv on spaces, so compare the joined line.
-        title = _cmdline(name)
+        title = cmdline(name)
         if title.startswith(node_prefix) or title == root_title:
             import psutil  # only now: 2 MB the root would otherwise carry into every fork
 
@@ -86,16 +87,3 @@ def claimants(tree: str, skip: AbstractSet[int] = frozenset()) -> Iterator[psuti
             except psutil.Error:
                 continue
 
-
-def _cmdline(pid: str) -> str:
-    try:
-        fd = os.open(f"/proc/{pid}/cmdline", os.O_RDONLY)
-    except OSError:
-        return ""
-    try:
-        data = os.read(fd, 4096)
-    except OSError:
-        return ""
-    finally:
-        os.close(fd)
-    return data.rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace")

@@ -5,6 +5,8 @@ import os
 import time
 from typing import Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple
 
+from orchestrator.engine.osproc import children_of
+
 # psutil's status words, by the state letter of /proc/PID/stat (psutil's _pslinux.PROC_STATUSES).
 _STATUS = {"R": "running", "S": "sleeping", "D": "disk-sleep", "T": "stopped", "t": "tracing-stop",
            "Z": "zombie", "X": "dead", "x": "dead", "K": "wake-kill", "W": "waking", "I": "idle", "P": "parked"}
@@ -62,7 +64,7 @@ def _walk(root_pid: int) -> Dict[int, LiveProcess]:
             continue  # gone meanwhile
         proc, threads = read
         found[pid] = proc
-        stack.extend(_children(pid, threads))
+        stack.extend(children_of(pid, threads))
     return found
 
 
@@ -109,38 +111,6 @@ def _read_stat(pid: int) -> Optional[Tuple[LiveProcess, int]]:
     return proc, int(fields[17])
 
 
-def _children(pid: int, threads: int) -> List[int]:
-    """Children of `pid`: each thread lists those it forked, so every thread's list is read
-    unless it has one thread (osproc.children_of, without the engine import)."""
-    tids = [str(pid)] if threads == 1 else _listdir(f"/proc/{pid}/task")
-    found: List[int] = []
-    for tid in tids:
-        try:
-            fd = os.open(f"/proc/{pid}/task/{tid}/children", os.O_RDONLY)
-        except OSError:
-            continue
-        try:
-            chunks = []
-            while True:
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-        except OSError:
-            continue
-        finally:
-            os.close(fd)
-        found.extend(int(field) for field in b"".join(chunks).split())
-    return found
-
-
-def _listdir(path: str) -> List[str]:
-    try:
-        return os.listdir(path)
-    except OSError:
-        return []
-
-
 def _boot() -> float:
     """The machine's boot time (epoch seconds), from /proc/stat as psutil reads it."""
     global _boot_time
@@ -148,15 +118,6 @@ def _boot() -> float:
         with open("/proc/stat", "rb") as file:
             _boot_time = next((float(line.split()[1]) for line in file if line.startswith(b"btime")), 0.0)
     return _boot_time
-
-
-def cmdline(pid: int) -> str:
-    """The command line of `pid`, arguments joined by spaces; "" once it is gone."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as file:
-            return file.read().rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
 
 
 class CpuMeter:

@@ -4,8 +4,9 @@ from __future__ import annotations
 import time
 from typing import AbstractSet, Callable, Dict, List, Mapping, Optional, Tuple
 
+from orchestrator.engine.osproc import cmdline as read_cmdline
 from orchestrator.engine.states import NodeState
-from orchestrator.root.livetree import LiveProcess, cmdline as read_cmdline
+from orchestrator.root.livetree import LiveProcess
 from orchestrator.root.table import NOT_STARTED, NodeRecord
 from orchestrator.spec.model import TreeSpec
 

@@ -14,6 +14,7 @@ import attrs
 import pluggy
 
 from orchestrator import hookspecs
+from orchestrator.spec import entrypoints
 from orchestrator.spec.pyfile import import_file
 
 # Plugins shipped with orch, registered before anything else.
@@ -132,18 +133,15 @@ def _register(manager: pluggy.PluginManager, plugin: object, name: str, problems
 def _load_entry_points(manager: pluggy.PluginManager, problems: Problems) -> None:
     # pluggy's own loader stops at the first broken package; load one by one so
     # a broken third-party plugin is reported by name next to everything else.
-    from importlib import metadata
-
-    for dist in metadata.distributions():
-        for entry in dist.entry_points:
-            if entry.group != ENTRY_POINT_GROUP or manager.is_blocked(entry.name):
-                continue
-            plugin, failure = run_plugin_code(entry.load)
-            if failure:
-                problems.append((None, f"entry point {entry.name!r} of package "
-                                       f"{dist.metadata['name']!r} failed to load: {failure}"))
-                continue
-            _register(manager, plugin, entry.name, problems)
+    for entry in entrypoints.entry_points(ENTRY_POINT_GROUP):
+        if manager.is_blocked(entry.name):
+            continue
+        plugin, failure = run_plugin_code(entry.load)
+        if failure:
+            problems.append((None, f"entry point {entry.name!r} of package "
+                                   f"{entry.distribution()!r} failed to load: {failure}"))
+            continue
+        _register(manager, plugin, entry.name, problems)
 
 
 def _load_tree_plugin(manager: pluggy.PluginManager, ref: str, problems: Problems) -> None:

@@ -12,7 +12,7 @@ import signal
 import sys
 import time
 from multiprocessing.connection import Connection
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
 
 from orchestrator.engine import child
 from orchestrator.engine import notify
@@ -125,9 +125,9 @@ class Supervisor:
         self.ops.start([slot for slot in self.slots if not slot.spec.held])
         self.memory.configure(self.node)
 
-    def child_pids(self) -> List[int]:
+    def child_pids(self) -> FrozenSet[int]:
         """Pids of our node processes, those being retired by a reload included."""
-        return [slot.running.pid for slot in self.slots + self._retiring if slot.running is not None]
+        return self._watch.pids()
 
     def _on_stop_signal(self) -> None:
         if self.parent_pid is not None and os.getppid() != self.parent_pid:

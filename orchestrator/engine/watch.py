@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from multiprocessing.connection import Connection
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, FrozenSet, List, Optional, Set, Tuple
 
 from orchestrator.engine import output
 from orchestrator.engine.logfile import Stamps
@@ -37,6 +37,9 @@ class ProcessWatch:
                  on_log_error: Callable[[str, str], None] = _log_error) -> None:
         self._loop = loop
         self._starter = starter
+        # Started and not reaped yet, kept as we go: the root's orphan check asks for
+        # this set on every burst of exits, and rebuilding it was O(N) each time.
+        self._pids: Set[int] = set()
         self._on_exit = on_exit
         self._on_message = on_message
         self._logs = NodeLogs(on_log_error)
@@ -48,6 +51,7 @@ class ProcessWatch:
     def start(self, slot: Slot, tree: TreeContext) -> Running:
         """Start a process for `slot` and watch it. Raises OSError if it cannot be forked."""
         running = self._starter.start(slot.spec, tree)
+        self._pids.add(running.pid)
         self._loop.add_reader(running.exit_fd, lambda: self._on_exit(slot))
         pipes = _output_pipes(running)
         if pipes:
@@ -79,11 +83,16 @@ class ProcessWatch:
             self._loop.remove_reader(running.uplink.fileno())
         self._loop.remove_reader(running.exit_fd)
         code = self._starter.reap(running)
+        self._pids.discard(running.pid)
         if not slot.spec.is_supervisor:
             self._starter.kill_group(running)
             if slot.retired:
                 self._logs.retire(slot.spec.path)
         return code
+
+    def pids(self) -> FrozenSet[int]:
+        """Pids of the processes started and not reaped yet."""
+        return frozenset(self._pids)
 
     def close(self) -> None:
         """The supervisor exits: relay what its workers left in their pipes, close every log.

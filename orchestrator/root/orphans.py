@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import signal
 from functools import partial
-from typing import TYPE_CHECKING, Callable, Dict, Set
+from typing import TYPE_CHECKING, AbstractSet, Callable, Dict, Set
 
 from orchestrator.root import control
 from orchestrator.root import livetree
@@ -33,7 +33,7 @@ LEFTOVER_STOP_GRACE = 5.0
 class OrphanRepair:
     """Runs inside the root's loop; `known_children` names the pids the root started itself."""
 
-    def __init__(self, loop: Loop, tree_name: str, known_children: Callable[[], Set[int]],
+    def __init__(self, loop: Loop, tree_name: str, known_children: Callable[[], AbstractSet[int]],
                  node_pids: Callable[[], Set[int]]) -> None:
         self._loop = loop
         self._tree = tree_name
@@ -70,10 +70,7 @@ class OrphanRepair:
 
         Never waitpid(-1): multiprocessing would lose its own children's status.
         """
-        known = self._known()
-        for pid in osproc.children_of_self():
-            if pid in known:
-                continue
+        for pid in set(osproc.children_of_self()) - self._known():
             if osproc.reap_if_dead(pid):
                 self.adopted.pop(pid, None)
             elif pid not in self.adopted:

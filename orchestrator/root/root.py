@@ -5,7 +5,7 @@ import os
 import signal
 import time
 from collections import Counter
-from typing import Callable, Dict, List, Optional, Set, Tuple, Union
+from typing import AbstractSet, Callable, Dict, List, Optional, Set, Tuple, Union
 
 import attrs
 
@@ -86,11 +86,10 @@ class Root:
         self.events = EventLog(self.loop, tree.name, tree.log, _event_hooks(tree))
         self.orphans.on_adopt = lambda pid: self.events.emit("", "orphan_stopped", pid=pid)
 
-    def _known_children(self) -> Set[int]:
+    def _known_children(self) -> AbstractSet[int]:
         """Our own children: node processes and multiprocessing's resource tracker."""
-        pids = set(self.supervisor.child_pids())
         tracker = spawn.tracker_pid()
-        return pids | {pid for pid in (tracker, self.events.hooks.pid) if pid}
+        return self.supervisor.child_pids() | {pid for pid in (tracker, self.events.hooks.pid) if pid}
 
     def _node_pids(self) -> Set[int]:
         """Pids of our running nodes on this machine (a Ray worker's pid is its host's)."""

@@ -100,7 +100,9 @@ def orch_launcher(start_method: str, supervisors: int = 0):
         tree = workdir / "tree.toml"
         tree.write_text(orch_tree_text(name, n, start_method, supervisors))
         env = dict(env, ORCH_RUN_DIR=str(workdir / "run"))
-        orch = [sys.executable, "-m", "orchestrator"]
+        # The console script, as users run it; `python -m` would put the working directory
+        # first on sys.path, and from the repository that runs its source, not the install.
+        orch = [_bin("orch")]
         return Launch([*orch, "up", str(tree)], env, leaf_orch,
                       lambda pid: _run([*orch, "down", name], env), [*orch, "tree", name, "--json"])
 

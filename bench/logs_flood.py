@@ -111,24 +111,41 @@ def expected(i: int) -> bytes:
 
 def ensure_venv(argv: List[str], script: Optional[Path] = None) -> None:
     """Re-run this script inside bench/.venv (the one bench/run.py makes, same stamp), creating and
-    filling it first if needed; also install PM2 into bench/.venv/pm2 with npm where npm exists."""
+    filling it first if needed; also install PM2 into bench/.venv/pm2 with npm where npm exists.
+
+    orch goes in as users install it, a built wheel with its bytecode compiled, and again
+    whenever its source changed. An editable install would have every Python started
+    from the venv (every contender's) import setuptools' path finder (~17 ms), and where
+    PYTHONDONTWRITEBYTECODE is set, as on our bench machine, every orch process would
+    compile its modules from source on each start: neither is what a user runs."""
+    from report import source_fingerprint
+
     if Path(sys.prefix).resolve() != VENV.resolve():
         python = VENV / "bin" / "python"
         wanted = (BENCH / "requirements.txt").read_text() + (REPO / "pyproject.toml").read_text()
-        stamp = VENV / ".installed"
+        stamp, orch_stamp = VENV / ".installed", VENV / ".installed-orch"
         if not python.exists():
             print(f"creating {VENV}", flush=True)
             subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
         if not stamp.exists() or stamp.read_text() != wanted:
-            print("installing supervisor, circus, matplotlib, py-spy and orch (-e) into it", flush=True)
-            result = subprocess.run([str(python), "-m", "pip", "install", "-q", "-r", str(BENCH / "requirements.txt"),
-                                     "-e", str(REPO)], capture_output=True, text=True)
-            if result.returncode != 0:
-                sys.exit(f"pip install failed:\n{result.stdout}{result.stderr}")
+            print("installing supervisor, circus, matplotlib and py-spy into it", flush=True)
+            _pip(python, "-r", str(BENCH / "requirements.txt"))
             stamp.write_text(wanted)
+            orch_stamp.unlink(missing_ok=True)
+        source = source_fingerprint()
+        if not orch_stamp.exists() or orch_stamp.read_text() != source:
+            print(f"installing orch (source {source}) into it", flush=True)
+            _pip(python, "--no-deps", "--force-reinstall", str(REPO))
+            orch_stamp.write_text(source)
         install_pm2()
         target = (script or Path(__file__)).resolve()  # bench/run.py re-runs itself the same way
         os.execv(str(python), [str(python), str(target), *argv])
+
+
+def _pip(python: Path, *args: str) -> None:
+    result = subprocess.run([str(python), "-m", "pip", "install", "-q", *args], capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"pip install failed:\n{result.stdout}{result.stderr}")
 
 
 def pm2_bin() -> Path:

@@ -71,7 +71,7 @@ def _commit() -> str:
 
 
 def source_fingerprint() -> str:
-    """A hash of orch's source as it is on disk: the venv runs the working tree (pip -e)."""
+    """A hash of orch's source as it is on disk (bench/.venv reinstalls orch when it changes)."""
     import hashlib
 
     digest = hashlib.sha256()

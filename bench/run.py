@@ -268,9 +268,14 @@ def measure(settings: Settings, out: Path, profile: bool, after=None) -> None:
 
         results["profile"] = profile_orch.profile(max(settings.sizes), out / "profile", settings)
     results["duration_s"] = time.time() - started
-    if after is not None:
-        after()
     out.mkdir(parents=True, exist_ok=True)
+    if after is not None:
+        # Kept before the scale run starts: if that run dies (the 2026-12-02 06:08 run's
+        # harness was killed at N=5000 when the machine ran out of memory), the main run's
+        # samples survive and `--report-only` renders them.
+        results["machine"].update(loadavg_at_end=os.getloadavg(), orch_source_at_end=report.source_fingerprint())
+        (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+        after()
     report.write_all(results, out)
     print(f"wrote {out / 'RESULTS.md'} in {(time.time() - started) / 60:.1f} min", flush=True)
 

@@ -63,6 +63,20 @@ def wait_for(predicate: Callable[[], _T], timeout: float = DEFAULT_TIMEOUT,
 gone = livetree.is_gone
 
 
+def json_lines(path: Path) -> List[dict]:
+    """The records of a JSON-lines file a running tree is writing (events.jsonl, a json log).
+
+    Only whole lines: the root writes a batch of records at once, and a read racing that
+    write can end inside a record, which the next read will have whole.
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    whole = data[:data.rfind(b"\n") + 1]
+    return [json.loads(line) for line in whole.splitlines() if line.strip()]
+
+
 def descendants(pid: int) -> List[psutil.Process]:
     try:
         return psutil.Process(pid).children(recursive=True)

@@ -1,6 +1,5 @@
 """Events (issue #10): every state change recorded in events.jsonl and handed to plugins'
 `orch_event` hooks in a process of their own, which never slows supervision down."""
-import json
 import os
 import signal
 import time
@@ -9,7 +8,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from orchestrator.testing import wait_for
+from orchestrator.testing import json_lines, wait_for
 from tests.helpers import PLUGIN, PLUGINS, kill_by_pid, tree_text
 
 HOOKS = PLUGINS / "eventhooks.py"
@@ -17,9 +16,7 @@ NOTIFY = PLUGINS / "notifyworkers.py"
 
 
 def events(path: Path):
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return json_lines(path)
 
 
 def tree_with_hooks(name: str, body: str, plugins=(PLUGIN, HOOKS)) -> str:

@@ -4,7 +4,6 @@ log that cannot be written never stops the tree.
 Each tree sets its log directory with a `[log]` table. The workers live in a plugin
 file the test writes next to the tree file.
 """
-import json
 import os
 import re
 import signal
@@ -14,6 +13,7 @@ from typing import List, Optional
 
 import pytest
 
+from orchestrator.testing import json_lines
 from tests.helpers import running_again, toml_value
 
 PLUGIN_SOURCE = '''
@@ -187,7 +187,9 @@ def test_a_line_longer_than_64k_becomes_continued_records(orch_tree, tmp_path, f
     path = tmp_path / "logs" / "sup" / "w.log"
     tree_.wait_for(lambda: path.exists() and b"after" in path.read_bytes(), message="the line after")
     if format == "json":
-        records = [json.loads(line) for line in path.read_text().splitlines()]
+        tree_.wait_for(lambda: any(record["line"] == "after" for record in json_lines(path)),
+                       message="the record of the line after, whole")
+        records = json_lines(path)
         pieces = [(record["line"], record.get("continued", False)) for record in records]
         assert {record["tree"] for record in records} == {"logs"} and {record["path"] for record in records} == {"sup/w"}
         assert {record["stream"] for record in records} == {"stdout"}

@@ -6,7 +6,6 @@ come from the tree view, from Ray's GCS (actor table) and from the OS (pids: the
 nodes all run here). Trees are started without `wait_running` (which checks that
 each node's OS parent is its supervisor: a Ray worker's is Ray's worker machinery).
 """
-import json
 import os
 import signal
 import time
@@ -20,7 +19,7 @@ from orchestrator.errors import InvalidInput
 from orchestrator.spec import ray_keys
 from orchestrator.spec.source import load_source
 from orchestrator.spec.validate import validate_document
-from orchestrator.testing import wait_for
+from orchestrator.testing import json_lines, wait_for
 from tests.helpers import PLUGINS, toml_value
 
 # Read by Ray when it is imported (here, and in every orch process the tests start):
@@ -133,8 +132,8 @@ def running(tree, paths: List[str], other_than: Optional[Dict[str, int]] = None)
 
 def events(tree, path: str, kind: str) -> List[dict]:
     """The events of `kind` for `path`, from the tree's events.jsonl."""
-    lines = (tree.log_dir / "events.jsonl").read_text().splitlines()
-    return [event for event in map(json.loads, lines) if event["path"] == path and event["event"] == kind]
+    return [event for event in json_lines(tree.log_dir / "events.jsonl")
+            if event["path"] == path and event["event"] == kind]
 
 
 def up(orch_tree, text: str, paths: List[str], timeout: float = 30.0):

@@ -1,8 +1,8 @@
 """The `orch` entry points of installed packages, read from their `entry_points.txt`.
 
 `importlib.metadata` would do it, but importing it pulls in email, zipfile (with
-zlib, bz2 and lzma), csv, socket, tempfile and more: 3.2 MiB and ~90 mappings that
-the root would carry, and every worker it forks would copy, for a scan of a few
+zlib, bz2 and lzma), csv, socket, tempfile and more: 1.6 MiB and 11 mappings more in
+the root, which every worker it forks copies and tears down, for a scan of a few
 small text files (bench/analysis.md). This reads what `importlib.metadata` reads
 for the same sys.path, with its rules: a `*.dist-info` or `*.egg-info` directory in
 each sys.path directory, the first of one distribution name wins, the file parsed

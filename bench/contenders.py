@@ -52,11 +52,11 @@ def leaf_bare(table: ProcTable, pid: int) -> bool:
 
 def leaf_orch(table: ProcTable, pid: int) -> bool:
     """orch: a worker names itself `orch <node name>` (comm), then titles itself
-    `orch: <tree>/<path>` (setproctitle); the bench names leaves w0, w1, ..."""
-    if table.comm(pid).startswith("orch w"):
+    `orch: <tree>/<path>` (setproctitle); the bench's leaves are replicas w#0, w#1, ..."""
+    if table.comm(pid).startswith("orch w#"):
         return True
     title = read_cmdline(pid).strip()
-    return title.startswith("orch: ") and title.rpartition("/")[2].startswith("w")
+    return title.startswith("orch: ") and title.rpartition("/")[2].startswith("w#")
 
 
 # ----- bare -----------------------------------------------------------------
@@ -78,19 +78,22 @@ def bare_launcher(start_method: str):
 
 def orch_tree_text(name: str, n: int, start_method: str, supervisors: int = 0) -> str:
     """A root with n `orch.sleep` workers, or with `supervisors` supervisors sharing them
-    (a negative number: -k means supervisors of k workers each, n/k of them)."""
+    (a negative number: -k means supervisors of k workers each, n/k of them).
+
+    The workers are `replicas` of one worker node, as every other contender runs N
+    instances of one program (supervisord's numprocs, circus' numprocesses, PM2's
+    instances): interchangeable, so they stop together on a teardown, not in OTP order."""
     lines = [f'name = "{name}"', f'start_method = "{start_method}"', *ORCH_INTENSITY, ""]
     if supervisors < 0:
         supervisors = max(1, n // -supervisors)
     if not supervisors:
-        for index in range(n):
-            lines += ["[[children]]", f'name = "w{index}"', *ORCH_WORKER, ""]
-        return "\n".join(lines)
+        return "\n".join(lines + ["[[children]]", 'name = "w"', f"replicas = {n}", *ORCH_WORKER, ""])
     groups = min(supervisors, n)
     for group in range(groups):
-        lines += ["[[children]]", f'name = "s{group}"', *ORCH_INTENSITY, ""]
-        for index in range(group, n, groups):
-            lines += ["  [[children.children]]", f'  name = "w{index}"', *(f"  {line}" for line in ORCH_WORKER), ""]
+        share = len(range(group, n, groups))
+        lines += ["[[children]]", f'name = "s{group}"', *ORCH_INTENSITY, "",
+                  "  [[children.children]]", '  name = "w"', f"  replicas = {share}",
+                  *(f"  {line}" for line in ORCH_WORKER), ""]
     return "\n".join(lines)
 
 

@@ -28,9 +28,12 @@ FIGURES = [
     ("managers_rss_mib", "5b. RSS of every non-leaf process (supervisors, helpers)", "MiB", 1, True),
     ("tree_uss_mib", "5c. Total USS of the tree (manager(s) + leaves)", "MiB", 1, True),
     ("leaf_uss_mib", "5d. USS per leaf (mean over the leaves)", "MiB", 1, True),
+    ("leaf_mem_mib", "5e. Machine memory per leaf: the fall of MemAvailable over bring-up, / N", "MiB", 1, True),
     ("teardown_s", "6. Teardown: stop command to the last leaf gone", "ms", 1000, True),
     ("tree_json_s", "7. `orch tree --json`: the whole CLI call, median of several", "ms", 1000, False),
-    ("orphans", "8. Orphans: leaves still alive 2 s after SIGKILL of the manager", "leaves", 1, False),
+    ("orphans", "8a. Orphans: leaves still alive after SIGKILL of the manager, once none has exited for 2 s",
+     "leaves", 1, False),
+    ("orphans_gone_s", "8b. SIGKILL of the manager to its last leaf gone (when none is left behind)", "ms", 1000, False),
 ]
 STOP_COMMANDS = {"bare": "SIGTERM to the manager", "supervisord": "`supervisorctl shutdown`",
                  "circus": "`circusctl quit`", "pm2": "SIGTERM to pm2-runtime"}
@@ -39,7 +42,7 @@ STOP_COMMANDS = {"bare": "SIGTERM to the manager", "supervisord": "`supervisorct
 KEPT_SECTIONS = ("## Memory limit checks", "## Logs: flood throughput")
 # The scale run (run.py --scale, or after the main run) writes OUT/scale/; the main RESULTS.md shows it.
 SCALE_FIGURES = ["bringup_s", "restart_p50_s", "storm_s", "teardown_s", "idle_cpu_pct", "root_rss_mib",
-                 "managers_rss_mib", "leaf_uss_mib", "tree_json_s", "orphans"]
+                 "managers_rss_mib", "leaf_uss_mib", "leaf_mem_mib", "tree_json_s", "orphans", "orphans_gone_s"]
 
 
 def machine() -> Dict[str, object]:
@@ -258,7 +261,8 @@ def markdown(results: dict, summary, rows: List[dict], scale: Optional[dict] = N
         f"{settings['kills']} single-leaf kills per run within {settings['restart_budget']:g} s (restart "
         f"percentiles pool the kills of all repetitions; the `kills` row says how many); idle window "
         f"{settings['idle']:g} s after {settings['settle']:g} s of settling; orphans counted once per "
-        f"contender and N (first repetition), {settings['grace']:g} s after the manager's SIGKILL",
+        f"contender and N (first repetition): leaves alive once none has exited for {settings['grace']:g} s after "
+        f"the manager's SIGKILL",
         "- every cell is the median over the repetitions; `(1.23x)` is the ratio to the bare loop of the same "
         "start method at the same N: `bare-spawn` for orch-spawn, `bare` (fork) for every other contender "
         "(bare-spawn's own ratio is to bare)",

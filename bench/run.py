@@ -35,7 +35,7 @@ class Settings:
     kills: int
     idle: float  # seconds of steady state for the idle CPU figure
     settle: float  # pause after bring-up and between phases
-    grace: float  # seconds after the manager's SIGKILL before counting orphans
+    grace: float  # after the manager's SIGKILL, orphans are counted once no leaf has exited for this long
     json_calls: int
     reps_large: int  # repetitions at N >= 1000
     restart_budget: float  # seconds per run for the single-leaf kills
@@ -116,7 +116,14 @@ def ensure_venv(argv: List[str]) -> None:
 
 
 def prepare_process() -> None:
-    """Become a subreaper (orphans of a killed manager stay ours to clean up) and lift the fd limit."""
+    """Become a subreaper (orphans of a killed manager stay ours to clean up), lift the fd
+    limit, and keep the kernel's OOM killer off this process: a contender that outgrows
+    the machine loses its leaves (figures.bring_up makes them the first choice) and is
+    reported as failed, instead of the harness dying with every sample it holds."""
+    try:
+        Path("/proc/self/oom_score_adj").write_text("-1000")
+    except OSError:
+        pass  # not root: the memory guard (memory_reason) is the only protection
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -131,11 +138,17 @@ def run_one(contender, n: int, settings: Settings, rng: random.Random, orphans: 
     only: it is a count, not a timing) an orphan run."""
     import figures as fig
 
+    import psutil
+
     workdir = Path(tempfile.mkdtemp(prefix=f"ob-{contender.name}-{n}-"))
     result: Dict[str, object] = {}
     try:
+        available = psutil.virtual_memory().available
         manager, result["bringup_s"] = start(contender, n, workdir / "a", settings)
         time.sleep(settings.settle)
+        # What the machine gave each leaf, page tables and the manager's copied pages
+        # included: more than the leaves' USS, and what the memory guard must budget.
+        result["leaf_mem_mib"] = (available - psutil.virtual_memory().available) / n / 1024**2
         result["idle_cpu_pct"] = fig.idle_cpu(manager, settings.idle)
         result.update(fig.memory(manager))
         if manager.launch.tree_json:
@@ -150,7 +163,9 @@ def run_one(contender, n: int, settings: Settings, rng: random.Random, orphans: 
         if orphans:
             manager, _ = start(contender, n, workdir / "b", settings)
             time.sleep(settings.settle)
-            result["orphans"] = fig.orphans(manager, settings.grace)
+            result["orphans"], gone_s = fig.orphans(manager, settings.grace, settings.timeout(n))
+            if not result["orphans"]:
+                result["orphans_gone_s"] = gone_s
     except Exception as error:  # any failure of the contender, reported and skipped, never fatal
         detail = str(error) if isinstance(error, fig.Failed) else f"{type(error).__name__}: {error}"
         raise fig.Failed(f"{detail} (logs kept in {workdir})") from None
@@ -177,17 +192,19 @@ def restart_stats(samples: List[float]) -> Dict[str, object]:
 
 
 def memory_reason(contender: str, n: int, runs: List[dict]) -> Optional[str]:
-    """Skip a size the machine cannot hold, predicted from a smaller size of the same contender."""
+    """Skip a size the machine cannot hold, predicted from a smaller size of the same contender
+    by the memory each leaf took from the machine there (or its USS, if that is larger)."""
     import psutil
 
     smaller = [run for run in runs if run["contender"] == contender and run["n"] < n and run.get("figures")]
     if not smaller:
         return None
     last = max(smaller, key=lambda run: run["n"])["figures"]
-    need = last["leaf_uss_mib"] * n * 1.15 / 1024
+    per_leaf = max(last["leaf_uss_mib"], last.get("leaf_mem_mib", 0.0))
+    need = per_leaf * n * 1.15 / 1024
     available = psutil.virtual_memory().available / 1024**3
-    if need > 0.85 * available:
-        return f"needs about {need:.1f} GiB for {n} leaves, {available:.1f} GiB available"
+    if need > 0.9 * available:
+        return f"needs about {need:.1f} GiB for {n} leaves ({per_leaf:.1f} MiB each), {available:.1f} GiB available"
     return None
 
 

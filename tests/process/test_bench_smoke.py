@@ -12,7 +12,7 @@ from tests.helpers import kill_by_pid, marked
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 FIGURES = ["bringup_s", "restart_p50_s", "restart_p95_s", "restart_max_s", "restart_kills", "storm_s", "idle_cpu_pct",
-           "manager_rss_mib", "root_rss_mib", "managers_rss_mib", "tree_uss_mib", "leaf_uss_mib", "teardown_s", "orphans"]
+           "manager_rss_mib", "root_rss_mib", "managers_rss_mib", "tree_uss_mib", "leaf_uss_mib", "leaf_mem_mib", "teardown_s", "orphans"]
 
 
 @pytest.mark.slow
@@ -32,7 +32,9 @@ def test_quick_bench_run_writes_every_figure(tmp_path):
     summary = results["summary"]
     for contender in ("bare", "bare-spawn", "orch-fork"):
         assert sorted(summary[contender]["5"]) == sorted(FIGURES + ["reps"] + (
-            ["tree_json_s"] if contender.startswith("orch") else [])), contender
+            ["tree_json_s", "orphans_gone_s"] if contender.startswith("orch") else [])), contender
+    # bare leaks every leaf when killed, so it has no "all gone" time; orch leaves none behind
+    assert summary["bare"]["5"]["orphans"] == 5
     assert summary["orch-fork"]["5"]["orphans"] == 0
     report = (tmp_path / "RESULTS.md").read_text()
     assert "## Targets" in report

@@ -97,6 +97,19 @@ def test_tree_text_shows_each_node_with_its_pid(orch_tree, orch_env):
         assert re.search(pattern, result.stdout, re.M), f"{node['name']} / {node['pid']} not in:\n{result.stdout}"
 
 
+@pytest.mark.parametrize("args", [["--json"], [], ["--help"]])
+def test_tree_imports_neither_shutil_nor_subprocess(orch_tree, orch_env, args):
+    """`orch tree` is what scripts call in a loop; argparse's help formatter alone would
+    import shutil (with zlib, bz2, lzma) and the detach path subprocess: ~8 ms a call."""
+    orch_tree(small_tree("lean"))
+    result = subprocess.run([ORCH_ARGV[0], "-X", "importtime", *ORCH_ARGV[1:], "tree", "lean", *args],
+                            env=orch_env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr[-2000:]
+    imported = {line.rpartition("|")[2].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert "orchestrator.cli.main" in imported  # the import log is there
+    assert not imported & {"shutil", "subprocess"}, sorted(imported & {"shutil", "subprocess"})
+
+
 def test_tree_without_name_shows_the_only_tree(orch_tree, orch_env):
     tree = orch_tree(small_tree("only"))
     nodes = json_tree(orch_env)

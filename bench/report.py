@@ -350,9 +350,9 @@ def plot(summary, sizes: List[int], names: List[str], path: Path) -> Optional[st
 
 def write_all(results: dict, out: Path, finished: bool = True) -> None:
     """finished: the run just ended (record the end state); False re-renders stored results."""
-    if finished:
-        results["machine"]["loadavg_at_end"] = os.getloadavg()
-        results["machine"]["orch_source_at_end"] = source_fingerprint()
+    if finished:  # kept if run.measure recorded them when the main run ended, before the scale run
+        results["machine"].setdefault("loadavg_at_end", os.getloadavg())
+        results["machine"].setdefault("orch_source_at_end", source_fingerprint())
     summary = summarize(results["runs"])
     rows = targets(summary, results["settings"]["sizes"])
     results["summary"] = {name: {str(n): figures for n, figures in by_n.items()} for name, by_n in summary.items()}

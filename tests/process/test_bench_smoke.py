@@ -1,6 +1,7 @@
 """The benchmark harness still runs end to end (a smoke run, no timing asserted), so it cannot rot."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -39,6 +40,34 @@ def test_quick_bench_run_writes_every_figure(tmp_path):
     report = (tmp_path / "RESULTS.md").read_text()
     assert "## Targets" in report
     assert "| bare-spawn |" in report
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(not (shutil.which("npm") and shutil.which("node")), reason="PM2 needs node and npm")
+def test_quick_bench_run_measures_pm2_and_orch_spawn(tmp_path):
+    """The contenders the quick run above leaves out: PM2 (installed with npm as the bench
+    installs it; only a machine without npm skips it) and orch under spawn."""
+    install = subprocess.run([sys.executable, "-c", "import logs_flood; logs_flood.install_pm2()"], cwd=BENCH,
+                             capture_output=True, text=True, timeout=240)
+    assert install.returncode == 0 and "failed" not in install.stdout, install.stdout + install.stderr
+    mark = uuid.uuid4().hex
+    env = dict(os.environ, ORCH_BENCH_MARK=mark)
+    command = [sys.executable, str(BENCH / "run.py"), "--quick", "--no-venv",
+               "--contenders", "bare,orch-spawn,pm2", "--out", str(tmp_path)]
+    try:
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=50)
+    finally:
+        kill_by_pid(marked("ORCH_BENCH_MARK", mark))
+    assert result.returncode == 0, result.stdout + result.stderr
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["skipped"] == [], results["skipped"]
+    summary = results["summary"]
+    assert sorted(summary["pm2"]["5"]) == sorted(FIGURES + ["reps"]), summary["pm2"]["5"]
+    assert sorted(summary["orch-spawn"]["5"]) == sorted(FIGURES + ["reps", "tree_json_s", "orphans_gone_s"])
+    assert summary["pm2"]["5"]["orphans"] == 5  # pm2-runtime's children outlive it: what the figure shows
+    assert summary["orch-spawn"]["5"]["orphans"] == 0
+    assert "| pm2 |" in (tmp_path / "RESULTS.md").read_text()
 
 
 @pytest.mark.slow

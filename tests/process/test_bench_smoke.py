@@ -16,18 +16,24 @@ FIGURES = ["bringup_s", "restart_p50_s", "restart_p95_s", "restart_max_s", "rest
            "manager_rss_mib", "root_rss_mib", "managers_rss_mib", "tree_uss_mib", "leaf_uss_mib", "leaf_mem_mib", "teardown_s", "orphans"]
 
 
+def run_bench(script: str, *args: str, timeout: float) -> "subprocess.CompletedProcess[str]":
+    """Run a bench script from the test venv; kill whatever it left, wherever it went (by the
+    mark in its environment, which every process it starts inherits), even on a timeout."""
+    mark = uuid.uuid4().hex
+    env = dict(os.environ, ORCH_BENCH_MARK=mark)
+    try:
+        result = subprocess.run([sys.executable, str(BENCH / script), *args, "--no-venv"], env=env,
+                                capture_output=True, text=True, timeout=timeout)
+    finally:
+        kill_by_pid(marked("ORCH_BENCH_MARK", mark))
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(90)
 def test_quick_bench_run_writes_every_figure(tmp_path):
-    mark = uuid.uuid4().hex
-    env = dict(os.environ, ORCH_BENCH_MARK=mark)
-    command = [sys.executable, str(BENCH / "run.py"), "--quick", "--no-venv",
-               "--contenders", "bare,bare-spawn,orch-fork", "--out", str(tmp_path)]
-    try:
-        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=80)
-    finally:
-        kill_by_pid(marked("ORCH_BENCH_MARK", mark))  # whatever the harness left, wherever it went
-    assert result.returncode == 0, result.stdout + result.stderr
+    run_bench("run.py", "--quick", "--contenders", "bare,bare-spawn,orch-fork", "--out", str(tmp_path), timeout=80)
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["skipped"] == [], results["skipped"]
     summary = results["summary"]
@@ -51,15 +57,7 @@ def test_quick_bench_run_measures_pm2_and_orch_spawn(tmp_path):
     install = subprocess.run([sys.executable, "-c", "import logs_flood; logs_flood.install_pm2()"], cwd=BENCH,
                              capture_output=True, text=True, timeout=240)
     assert install.returncode == 0 and "failed" not in install.stdout, install.stdout + install.stderr
-    mark = uuid.uuid4().hex
-    env = dict(os.environ, ORCH_BENCH_MARK=mark)
-    command = [sys.executable, str(BENCH / "run.py"), "--quick", "--no-venv",
-               "--contenders", "bare,orch-spawn,pm2", "--out", str(tmp_path)]
-    try:
-        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=50)
-    finally:
-        kill_by_pid(marked("ORCH_BENCH_MARK", mark))
-    assert result.returncode == 0, result.stdout + result.stderr
+    run_bench("run.py", "--quick", "--contenders", "bare,orch-spawn,pm2", "--out", str(tmp_path), timeout=50)
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["skipped"] == [], results["skipped"]
     summary = results["summary"]
@@ -75,16 +73,9 @@ def test_quick_bench_run_measures_pm2_and_orch_spawn(tmp_path):
 def test_logs_flood_bench_runs_orch_and_the_redirect(tmp_path):
     """bench/logs_flood.py end to end on a tiny flood: every line in orch's node log and in the
     plain redirect's file, exactly once and in order, and the sibling-restart figure taken."""
-    mark = uuid.uuid4().hex
-    env = dict(os.environ, ORCH_BENCH_MARK=mark)
     out = tmp_path / "flood.json"
-    command = [sys.executable, str(BENCH / "logs_flood.py"), "--lines", "2000", "--reps", "1", "--kills", "2",
-               "--contenders", "redirect,orch", "--no-venv", "--json", str(out)]
-    try:
-        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=80)
-    finally:
-        kill_by_pid(marked("ORCH_BENCH_MARK", mark))
-    assert result.returncode == 0, result.stdout + result.stderr
+    result = run_bench("logs_flood.py", "--lines", "2000", "--reps", "1", "--kills", "2",
+                       "--contenders", "redirect,orch", "--json", str(out), timeout=80)
     results = json.loads(out.read_text())
     for contender in ("redirect", "orch"):
         summary = results["summary"][contender]

@@ -151,13 +151,12 @@ import os, signal
 from orchestrator import hookimpl
 
 def escape():
-    pid = os.fork()
-    if pid == 0:
+    if os.fork() == 0:
         os.setsid()
-        while True:
-            signal.pause()
-    with open("{pidfile}", "w") as f:
-        f.write(str(pid))
+        # Only once it has escaped, and whole (rename): the test reads it at any moment.
+        with open("{pidfile}.tmp", "w") as f:
+            f.write(str(os.getpid()))
+        os.rename("{pidfile}.tmp", "{pidfile}")
     while True:
         signal.pause()
 

@@ -1,6 +1,7 @@
 """The measurements: each figure is one function over a running contender (a manager and its ProcTable)."""
 from __future__ import annotations
 
+import functools
 import os
 import random
 import select
@@ -99,21 +100,24 @@ def bring_up(launch: Launch, n: int, log: Path, timeout: float) -> tuple:
         t0 = time.monotonic()
         process = subprocess.Popen(launch.argv, env=launch.env, stdin=subprocess.DEVNULL,
                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                   preexec_fn=_first_for_the_oom_killer)
+                                   preexec_fn=functools.partial(set_oom_score, 1000))
     manager = Manager(launch, process, ProcTable(process.pid, launch.is_leaf), log)
     seconds = wait_until(lambda: len(manager.table.scan().leaves) >= n, t0, timeout,
                          f"{n} leaves to be alive", manager)
     return manager, seconds
 
 
-def _first_for_the_oom_killer() -> None:
-    """In the contender's process before exec: it and everything it starts go before the
-    harness (run.prepare_process protects that) when a size outgrows the machine."""
+def set_oom_score(adj: int) -> None:
+    """This process's standing with the kernel's OOM killer: the harness protects itself
+    (-1000, run.prepare_process) and makes each contender the first choice (1000, set in
+    the contender's process before exec), so a size that outgrows the machine costs that
+    contender its run, not the harness its samples. Unwritable /proc (not root, for -1000):
+    the memory guard (run.memory_reason) alone protects the run."""
     try:
         with open("/proc/self/oom_score_adj", "w") as file:
-            file.write("1000")
+            file.write(str(adj))
     except OSError:
-        pass  # no writable /proc here: the memory guard alone protects the run
+        pass
 
 
 def restart_latencies(manager: Manager, kills: int, rng: random.Random, timeout: float,

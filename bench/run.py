@@ -120,10 +120,9 @@ def prepare_process() -> None:
     limit, and keep the kernel's OOM killer off this process: a contender that outgrows
     the machine loses its leaves (figures.bring_up makes them the first choice) and is
     reported as failed, instead of the harness dying with every sample it holds."""
-    try:
-        Path("/proc/self/oom_score_adj").write_text("-1000")
-    except OSError:
-        pass  # not root: the memory guard (memory_reason) is the only protection
+    from figures import set_oom_score
+
+    set_oom_score(-1000)
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -136,9 +135,9 @@ def prepare_process() -> None:
 def run_one(contender, n: int, settings: Settings, rng: random.Random, orphans: bool) -> Dict[str, object]:
     """Every figure of one contender at one size: a measured run, then (first repetition
     only: it is a count, not a timing) an orphan run."""
-    import figures as fig
-
     import psutil
+
+    import figures as fig
 
     workdir = Path(tempfile.mkdtemp(prefix=f"ob-{contender.name}-{n}-"))
     result: Dict[str, object] = {}

@@ -129,10 +129,12 @@ def _make_dir(directory: Path) -> None:
 
 def _already_running_message(name: str) -> str:
     try:
-        pid = (tree_dir(name) / LOCK_NAME).read_text().strip() or "?"
+        pid = (tree_dir(name) / LOCK_NAME).read_text().strip()
     except OSError:
-        pid = "?"
-    return (f"tree {name!r} is already running (root pid {pid}); "
+        pid = ""
+    # An empty lock file: the root that holds it has not written its pid yet.
+    holder = f"root pid {pid}" if pid else "its root is just starting"
+    return (f"tree {name!r} is already running ({holder}); "
             f"see it with `orch tree {name}` or stop it with `orch down {name}`")
 
 
@@ -164,7 +166,9 @@ def request(name: str, command: dict, timeout: float = 10.0) -> dict:
         try:
             _connect(sock, path, timeout)
         except (FileNotFoundError, ConnectionRefusedError):
-            _clean_if_stale(name)
+            # A stale socket is left alone: only a root may take the tree's lock, even for a
+            # moment (a client holding it would make a root starting then refuse to run), and
+            # the next root removes the socket once the lock is its own.
             raise NotRunning(f"tree {name!r} is not running") from None
         sock.settimeout(timeout)
         sock.sendall(line)
@@ -203,26 +207,8 @@ def _read_line(sock: socket.socket) -> bytes:
             return b"".join(chunks)
 
 
-def _clean_if_stale(name: str) -> None:
-    """Remove the run directory of a root that died without cleaning up."""
-    directory = tree_dir(name)
-    try:
-        fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CLOEXEC)
-    except OSError:
-        fd = None
-    try:
-        if fd is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        _unlink_quietly(directory / SOCKET_NAME)
-    except BlockingIOError:
-        return  # a root holds the lock: it is starting, not stale
-    finally:
-        if fd is not None:
-            os.close(fd)
-
-
 def running_trees() -> List[str]:
-    """Names of trees whose root answers on its socket (stale ones are cleaned)."""
+    """Names of trees whose root answers on its socket."""
     base = run_base()
     try:
         names = sorted(entry.name for entry in base.iterdir()

@@ -4,6 +4,7 @@ import re
 import signal
 import stat
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -260,6 +261,46 @@ def test_stale_socket_does_not_block_a_new_up(orch_tree, orch_env):
     again = orch_tree(small_tree("again"), filename="again.toml")
     assert again.pid != tree.pid
     assert_mirrors_os(json_tree(orch_env, "again"))
+
+
+# Asks every named tree for a ping, as fast as it can, forever: what `orch tree` in a watch
+# loop, or a test's wait, does while a tree starts.
+PROBE = """
+import sys
+from orchestrator.errors import RuntimeFailure
+from orchestrator.root import control
+print("probing", flush=True)
+while True:
+    for name in sys.argv[1:]:
+        try:
+            control.request(name, {"cmd": "ping"}, timeout=1.0)
+        except RuntimeFailure:
+            pass
+"""
+
+
+@pytest.mark.timeout(120)
+def test_clients_asking_for_a_tree_as_it_starts_never_stop_it_starting(orch_tree, orch_env):
+    """A client that found no root answering once took the tree's lock for a moment to clean
+    up; a root starting in that moment refused with "already running (root pid ?)". The lock
+    file outlives a root, so a tree started again (after `down`, or a crash) met it most."""
+    probes = [subprocess.Popen([sys.executable, "-c", PROBE, "again"], env=orch_env,
+                               stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
+        for probe in probes:
+            assert probe.stdout.readline() == "probing\n"
+        for attempt in range(6):
+            tree = orch_tree(small_tree("again"), filename=f"again{attempt}.toml", wait=False)
+            tree.wait_for(lambda: tree.process.poll() is not None or tree.node("")["pid"],
+                          message=f"attempt {attempt} to start or exit")
+            assert tree.process.poll() is None, f"attempt {attempt}: {tree.read_output()}"
+            tree.wait_running()
+            assert tree.stop() == 0
+    finally:
+        for probe in probes:
+            probe.kill()
+            probe.wait()
+            probe.stdout.close()
 
 
 # ----- run directory --------------------------------------------------------------

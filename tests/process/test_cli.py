@@ -303,6 +303,31 @@ def test_clients_asking_for_a_tree_as_it_starts_never_stop_it_starting(orch_tree
             probe.stdout.close()
 
 
+@pytest.mark.timeout(120)
+def test_ups_racing_for_one_tree_start_exactly_one_root(subreaper, orch_tree, orch_env):
+    """Four `orch up` of one tree at once: one runs it, the others say it is already running
+    (maybe before the winner wrote its pid) and leave nothing behind."""
+    racers = [orch_tree(small_tree("race"), filename=f"race{i}.toml", wait=False) for i in range(4)]
+    wait_for(lambda: sum(racer.process.poll() is not None for racer in racers) == 3,
+             message="three of the four to give up")
+    [winner] = [racer for racer in racers if racer.process.poll() is None]
+    winner.wait_running()
+    for loser in racers:
+        if loser is winner:
+            continue
+        assert loser.process.returncode == 1, loser.read_output()
+        assert re.fullmatch(r"orch: tree 'race' is already running \((root pid \d+|its root is just "
+                            r"starting)\); see it with `orch tree race` or stop it with `orch down race`",
+                            one_line(loser.read_output())), loser.read_output()
+    assert [node["pid"] for node in json_tree(orch_env, "race") if node["path"] == ""] == [winner.root_pid]
+    # The losers started roots too (the lock is taken by the root, not by `orch up`). We are
+    # the subreaper: anything a loser left would now be ours. Every process below us is the
+    # winner's guardian or its tree.
+    theirs = {winner.pid} | {proc.pid for proc in psutil.Process(winner.pid).children(recursive=True)}
+    ours = {proc.pid for proc in psutil.Process().children(recursive=True)}
+    assert ours - theirs == set()
+
+
 # ----- run directory --------------------------------------------------------------
 
 

@@ -1,6 +1,5 @@
 """Fault-tolerance guarantees against real processes: clean stops leave nothing, zombies are
 reaped within a loop turn, and the control socket shuts out other users and garbage."""
-import ctypes
 import json
 import os
 import pwd
@@ -24,7 +23,6 @@ from orchestrator.testing import RunningTree, descendants, gone, run_orch, wait_
 from tests.helpers import (ORCH_ARGV, PLUGIN, control_request, ignores_sigterm, lines, matches_spec,
                            small_tree, socket_path)
 
-PR_SET_CHILD_SUBREAPER = 36
 NOBODY = "nobody"
 # "No longer than one event-loop turn", with margin for a loaded 2-core box.
 ZOMBIE_BOUND = 0.1
@@ -35,36 +33,6 @@ SAMPLE_INTERVAL = 0.005
 
 
 # ----- helpers ----------------------------------------------------------------------
-
-
-def _prctl_subreaper(on: bool) -> bool:
-    libc = ctypes.CDLL(None, use_errno=True)
-    return libc.prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) == 0
-
-
-@pytest.fixture
-def subreaper():
-    """Make this test process a child subreaper while the tree runs.
-
-    Whatever the root leaves behind when it exits (live or zombie) is then
-    reparented to us instead of to pid 1, where it could not be seen.
-    Request it before `orch_tree` so it is torn down after the tree is killed.
-    """
-    if not _prctl_subreaper(True):
-        pytest.skip("prctl(PR_SET_CHILD_SUBREAPER) is not available")
-    try:
-        yield
-    finally:
-        _prctl_subreaper(False)
-        for proc in psutil.Process().children():
-            try:
-                if proc.status() != psutil.STATUS_ZOMBIE and "orch" not in " ".join(proc.cmdline()):
-                    continue  # not adopted from a tree: leave it to its owner
-                if proc.status() != psutil.STATUS_ZOMBIE:
-                    proc.send_signal(signal.SIGKILL)
-                os.waitpid(proc.pid, 0)
-            except (psutil.Error, ChildProcessError):
-                continue
 
 
 def identities(pids):

@@ -1,21 +1,15 @@
 """Test configuration: the orch pytest helpers, and no stray installed plugins."""
-import ctypes
 import os
 import signal
 
 import psutil
 import pytest
 
+from orchestrator.engine import osproc
+
 os.environ["ORCH_DISABLE_PLUGIN_AUTOLOAD"] = "1"
 
 pytest_plugins = ["orchestrator.testing"]
-
-PR_SET_CHILD_SUBREAPER = 36
-
-
-def _prctl_subreaper(on: bool) -> bool:
-    libc = ctypes.CDLL(None, use_errno=True)
-    return libc.prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) == 0
 
 
 @pytest.fixture
@@ -26,12 +20,12 @@ def subreaper():
     reparented to us instead of to pid 1, where it could not be seen.
     Request it before `orch_tree` so it is torn down after the tree is killed.
     """
-    if not _prctl_subreaper(True):
+    if not osproc.become_subreaper():
         pytest.skip("prctl(PR_SET_CHILD_SUBREAPER) is not available")
     try:
         yield
     finally:
-        _prctl_subreaper(False)
+        osproc.become_subreaper(False)
         for proc in psutil.Process().children():
             try:
                 if proc.status() != psutil.STATUS_ZOMBIE and "orch" not in " ".join(proc.cmdline()):

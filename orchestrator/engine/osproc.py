@@ -65,9 +65,9 @@ def die_with_parent(expected_parent: int, signum: int = signal.SIGKILL) -> None:
         os._exit(1)
 
 
-def become_subreaper() -> bool:
-    """Make orphaned descendants reparent to us instead of to pid 1."""
-    return _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+def become_subreaper(on: bool = True) -> bool:
+    """Make orphaned descendants reparent to us instead of to pid 1 (`on=False`: stop)."""
+    return _prctl(_PR_SET_CHILD_SUBREAPER, int(on))
 
 
 def set_process_name(name: str) -> None:
